@@ -1,0 +1,28 @@
+"""A wheel built from the repository installs into a clean virtual environment with only the runtime dependencies
+(no nbdev, no jupyter), and the package imports there."""
+import subprocess, sys, venv, os
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def run(*args, **kw):
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
+    assert r.returncode == 0, f"{' '.join(map(str, args))}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+def test_wheel_in_clean_venv(tmp_path):
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path/"dist", ROOT, cwd=tmp_path)
+    whl, = (tmp_path/"dist").glob("dpg_nb-*.whl")
+    venv.create(tmp_path/"env", with_pip=True)
+    py = tmp_path/"env"/"bin"/"python"
+    torch_pin = f"torch=={__import__('torch').__version__.split('+')[0]}"   # the torch build already at hand
+    run(py, "-m", "pip", "install", "-q", torch_pin, whl)
+    out = run(py, "-c", "import dpg_nb, dpg_nb.models as m, importlib.util as u; "
+                        "print(dpg_nb.__version__, m.tiny_lm().config._attn_implementation, "
+                        "[n for n in ('nbdev','jupyter_client','ipykernel','execnb') if u.find_spec(n)])", cwd=tmp_path)
+    version, attn, dev = out.split(maxsplit=2)
+    assert attn == "eager"
+    assert dev.strip() == "[]", f"dev tools leaked into the runtime install: {dev}"
+    files = run(py, "-m", "pip", "show", "-f", "dpg_nb")
+    assert "dpg_nb/models.py" in files
