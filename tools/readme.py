@@ -1,6 +1,6 @@
 """Write README.md from nbs/index.ipynb, so the repository's front page and the site's home page never drift apart.
 Usage: python tools/readme.py [--check]   (--check: exit 1 if README.md differs from what index.ipynb gives)"""
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,7 +15,7 @@ def readme_text(nb_path=ROOT/"nbs"/"index.ipynb"):
         src = _src(c).strip()
         if not src: continue
         if c["cell_type"] == "markdown":
-            parts.append(src)
+            parts.append(re.sub(r"\]\((\w+\.ipynb)\)", r"](nbs/\1)", src))   # page links, seen from the repository root
             continue
         lines = src.splitlines()
         if any(l.strip().startswith("#|") and ("hide" in l or "exec_doc" in l) for l in lines): continue
