@@ -15,15 +15,16 @@ from . import targets as T
 from .models import tiny_lm, require_eager
 
 # %% auto #0
-__all__ = ['SCALES', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TIMING',
-           'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'resolve', 'validate',
-           'build_models', 'sft', 'Prompts', 'step_rewards', 'step_advantages', 'read_metrics', 'save_checkpoint',
-           'load_checkpoint', 'load_metric', 'make_metric', 'run', 'save_generator', 'resume_config', 'plot_runs',
-           'plot_run', 'sample_run', 'strip_timing', 'generator_state']
+__all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE',
+           'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'resolve',
+           'validate', 'build_models', 'sft', 'Prompts', 'step_rewards', 'step_advantages', 'read_metrics',
+           'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'run', 'save_generator', 'resume_config',
+           'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
-CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive"), grouping=("cross", "inverse"),
+TEXT_REWARDS = ("langid", "levenshtein", "embedding")   # the language experiment's baselines: rewards read from the text
+CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive", "langid", "levenshtein", "embedding"), grouping=("cross", "inverse"),
                advantage=("grpo", "rloo", "none"), adv_scale=("paper", "free"),
                gen_dtype=("float32", "float64", "bfloat16", "float16"),
                target_dtype=("float32", "float64", "bfloat16", "float16"))
@@ -151,7 +152,12 @@ def _head(target): return dict(target.named_parameters(remove_duplicate=False))[
 def _qr_metric(cfg, target): return T.QRMetric(cfg.text, _head(target))
 def _sixseven_metric(cfg, target): return T.PatternMetric(T.SIXSEVEN, _head(target))
 def _l2_metric(cfg, target): return T.L2Metric()
-def _not_yet(cfg, target): raise NotImplementedError(f"experiment {cfg.experiment!r} is not implemented yet")
+def _language_metric(cfg, target, tokenizer=None):
+    from dpg_nb.language import language_metric
+    return language_metric(cfg, target, tokenizer)
+def _uuid_metric(cfg, target, tokenizer=None):
+    from dpg_nb.language import uuid_metric
+    return uuid_metric(cfg, target, tokenizer)
 
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
                     scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text",))
@@ -160,12 +166,13 @@ register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
                     scales={"cpu": dict(steps=100, val_every=20, inner_opt="sgd", inner_lr=0.1, gen_lr=1e-2),
                             "paper": dict(steps=960)})
-register_experiment("language", _not_yet, "rephrase into a new language (Φ: -CE of LAMBADA last words in `lang`)",
-                    scales={"paper": dict(target="meta-llama/Llama-3.2-1B-Instruct", gen_lr=1e-6, inner_lr=1e-6,
-                                          steps=120)}, keys=("lang",), ready=False)
-register_experiment("uuid", _not_yet, "make the generator produce a fixed UUID (Φ: -CE of the UUID string)",
-                    scales={"paper": dict(target="meta-llama/Llama-3.2-1B-Instruct", gen_lr=1e-6, inner_lr=1e-6,
-                                          steps=360)}, ready=False)
+register_experiment("language", _language_metric, "rephrase into a new language (Φ: -CE of the last words of `lang` passages)",
+                    scales={"paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct",
+                                          gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=120)},
+                    keys=("lang",))
+register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UUID (Φ: -CE of the UUID string)",
+                    scales={"paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct",
+                                          gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=360)})
 
 # %% ../nbs/08_loop.ipynb #f98ead19
 _EXP_KEYS = ("text", "lang")
@@ -213,11 +220,15 @@ def validate(cfg:Config)->Config:
     if not 0 < cfg.top_p <= 1: raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
     for k, ch in CHOICES.items():
         if getattr(cfg, k) not in ch: raise UserError(f"{k} must be one of {'|'.join(ch)}, got {getattr(cfg, k)!r}")
+    if cfg.experiment == "language" and cfg.lang not in ("es", "fr", "de", "it"):
+        raise UserError(f"lang must be one of es|fr|de|it, got {cfg.lang!r}")
+    if cfg.reward in TEXT_REWARDS and cfg.experiment != "language":
+        raise UserError(f"reward={cfg.reward} is a baseline of the language experiment; {cfg.experiment!r} takes dpg or naive")
     if cfg.reward == "naive" and cfg.grouping != "cross":
         raise UserError("grouping applies to reward=dpg; the naive baseline always makes G datasets of one rollout per prompt")
     if cfg.samples_per_prompt < 2 and (cfg.advantage != "none" or cfg.reward == "naive"):
         raise UserError(f"samples_per_prompt must be >= 2 for advantage={cfg.advantage} and the naive baseline, got {cfg.samples_per_prompt}")
-    per_run = cfg.n_rollouts if (cfg.reward == "dpg" and cfg.grouping == "cross") else cfg.prompts_per_step
+    per_run = cfg.n_rollouts if (cfg.reward in TEXT_REWARDS or (cfg.reward == "dpg" and cfg.grouping == "cross")) else cfg.prompts_per_step
     if per_run % cfg.inner_batch:
         raise UserError(f"inner_batch={cfg.inner_batch} does not divide the {per_run} examples of an inner run "
                         f"(reward={cfg.reward}, grouping={cfg.grouping}) into inner steps")
@@ -342,6 +353,11 @@ def _readable(metric, params)->dict:
     if not hasattr(metric, "readable"): return {}
     with torch.no_grad(): return metric.readable(params)
 
+def _readable_texts(metric, texts)->dict:
+    "Readable metrics of the generations themselves (`language`, `uuid`); none at cpu scale (no text)."
+    if texts is None or not hasattr(metric, "readable_texts"): return {}
+    return metric.readable_texts(list(texts))
+
 def _mean_readable(ds:list)->dict:
     "Numeric fields averaged over inner runs; text fields from the first run."
     out = {}
@@ -350,14 +366,14 @@ def _mean_readable(ds:list)->dict:
         out[k] = float(np.mean(vals)) if isinstance(vals[0], (int, float)) else vals[0]
     return out
 
-def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor)->dict:
+def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor, texts:list=None)->dict:
     "Rewards of one step's rollouts (`ids`, `mask` are `[N, L]`, rows grouped by prompt) and Φ of the trained targets."
     from dpg_nb.metagrad import rewards
     N, G, b = ids.shape[0], cfg.samples_per_prompt, cfg.inner_batch
     dev = next(target.parameters()).device
     ids, mask = ids.to(dev), mask.to(dev).bool()
     r = torch.full((N,), float("nan"), dtype=torch.float64)
-    if cfg.reward == "dpg" and cfg.grouping == "cross": runs = [torch.arange(N)]
+    if cfg.reward in TEXT_REWARDS or (cfg.reward == "dpg" and cfg.grouping == "cross"): runs = [torch.arange(N)]
     else: runs = [torch.arange(k, N, G) for k in range(G)]   # one rollout per prompt: rows j*G + k
     phis, reads, last = [], [], None
     got = torch.zeros(N, dtype=torch.bool)
@@ -371,6 +387,10 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
         with torch.no_grad(): phi = float(metric(params))
         phis.append(phi); reads.append(_readable(metric, params)); last = params
         if cfg.reward == "naive": r[use] = phi
+        elif cfg.reward in TEXT_REWARDS:          # baselines: a reward per rollout from its text alone (Φ still logged)
+            if texts is None or not hasattr(metric, "text_rewards"): raise UserError(f"reward={cfg.reward} needs texts and a metric with text_rewards")
+            try: r[use] = metric.text_rewards([texts[i] for i in use.tolist()], cfg.reward).double()
+            except ValueError as e: raise UserError(str(e)) from None
         else:
             try: r[use] = rewards(target, x, metric, opt=_inner_opt(cfg), batch_size=b, loss_mask=m).detach().double().cpu()
             except ValueError as e:                 # the engine refuses non-finite rewards: skip the run's rows, count them
@@ -488,11 +508,13 @@ def load_metric(spec:str):
     if not callable(f): raise UserError(f"metric {spec!r} is not callable")
     return f
 
-def make_metric(cfg:Config, target):
+def make_metric(cfg:Config, target, tokenizer=None):
     "Φ for `cfg`: the experiment's, or `cfg.metric`'s `module:function` applied to the params."
     exp = EXPERIMENTS[cfg.experiment]
     if not exp.ready: raise UserError(f"experiment {cfg.experiment!r} is not implemented yet")
-    metric = load_metric(cfg.metric) if cfg.metric else exp.metric(cfg, target)
+    import inspect
+    takes_tok = "tokenizer" in inspect.signature(exp.metric).parameters
+    metric = load_metric(cfg.metric) if cfg.metric else (exp.metric(cfg, target, tokenizer=tokenizer) if takes_tok else exp.metric(cfg, target))
     try: T.check_metric(metric, target)
     except (ValueError, TypeError) as e: raise UserError(f"metric of {cfg.experiment!r}: {e}") from None
     return metric
@@ -502,9 +524,10 @@ def _has_run(out:Path)->bool: return any((out / f).exists() for f in ("metrics.j
 def _check_resumable(out:Path, cfg:Config):
     saved = json.loads((out / "config.json").read_text())["config"]
     now = asdict(cfg)
-    diff = [k for k in now if k != "steps" and saved.get(k) != now[k]]
+    default = {f.name: f.default for f in fields(Config)}   # a key added since the run was started: its default
+    diff = [k for k in now if k != "steps" and saved.get(k, default.get(k)) != now[k]]
     if diff:
-        raise UserError(f"--resume: {out} was run with a different config ({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); "
+        raise UserError(f"--resume: {out} was run with a different config ({', '.join(f'{k}={saved.get(k, default.get(k))!r}' for k in diff)}); "
                         "only steps may change")
 
 # %% ../nbs/08_loop.ipynb #1e4d1f35
@@ -525,7 +548,7 @@ class _Run:
     def __init__(self, cfg:Config, out:Path, resume:bool):
         self.cfg, self.out = cfg, out
         self.gen, self.gtok, self.target, self.ttok = build_models(cfg)
-        self.metric = make_metric(cfg, self.target)
+        self.metric = make_metric(cfg, self.target, self.ttok)
         self.prompts = Prompts(cfg, self.gtok)
         params = list(_trainable(self.gen).values())
         if not params: raise UserError("gen_train leaves no generator parameter to train")
@@ -556,7 +579,7 @@ class _Run:
         ids, mask = self.prompts.train(step)
         ro, x, m = self.rollouts(ids, mask, c.samples_per_prompt, _mix(c.seed, TAG_SAMPLE, step))
         t1 = time.perf_counter()
-        res = step_rewards(c, self.target, self.metric, x, m)
+        res = step_rewards(c, self.target, self.metric, x, m, texts=ro.texts)
         r = res["rewards"]
         A = step_advantages(c, r, ro.group.cpu())
         t2 = time.perf_counter()
@@ -570,6 +593,7 @@ class _Run:
         if self.cfg.experiment == "qr" and not self.wrote_val_image and hasattr(self.metric, "image"):
             _save_image(self.out, self.metric, res["params"])
         row = dict(split="train", step=step, examples_seen=examples_seen, phi=res["phi"], **res["readable"],
+                   **_readable_texts(self.metric, ro.texts),
                    **_stats("reward", r), **_stats("adv", A), gen_loss=st.get("loss"), kl=st.get("kl"),
                    clip_frac=st.get("clip_frac"), grad_norm=st.get("grad_norm"), n_empty=res["n_empty"],
                    n_skipped=res["n_skipped"], n_nonfinite=res["n_nonfinite"],
@@ -588,7 +612,15 @@ class _Run:
         with torch.no_grad(): phi = float(self.metric(params))
         if self.cfg.experiment == "qr" and hasattr(self.metric, "image"):
             _save_image(self.out, self.metric, params); self.wrote_val_image = True
-        row = dict(split="val", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params),
+        greedy = {}
+        if hasattr(self.metric, "readable_texts"):    # generation-level readable metrics: greedy, on the test prompts
+            from dpg_nb.rollouts import sample
+            with torch.no_grad():
+                g = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), 1, c.max_new_tokens, temperature=0.0,
+                           eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok,
+                           generator=torch.Generator(device=self.gdev).manual_seed(0))
+            greedy = _readable_texts(self.metric, g.texts)
+        row = dict(split="val", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params), **greedy,
                    n_skipped=len(x) - len(use), wall_s=time.perf_counter() - t0)
         return {k: _clean(v) for k, v in row.items()}
 
@@ -681,7 +713,7 @@ def resume_config(out:str|Path, overrides:dict=None)->Config:
     return cfg
 
 # %% ../nbs/08_loop.ipynb #2b7208e2
-READABLE = ("pixel_accuracy", "lm_head_norm", "lang_share", "uuid_hit_rate")
+READABLE = ("pixel_accuracy", "lm_head_norm", "lang_share", "uuid_hit_rate", "uuid_prefix_len")
 
 def _label(cfg:dict, varying:list)->str:
     return ", ".join(f"{k}={cfg[k]}" for k in varying) or cfg["experiment"]
@@ -692,8 +724,7 @@ def plot_runs(dirs:list, # run folders
               keys:tuple=None, # metrics to plot (default: phi and the experiment's readable metric)
              ):
     "Overlay runs against examples seen; seeds of the same setting as a band."
-    import matplotlib; matplotlib.use("Agg") if out else None
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # (headless, matplotlib picks Agg itself; the caller's backend is left alone)
     runs = []
     for d in dirs:
         p = Path(d) / "config.json"
@@ -724,11 +755,11 @@ def plot_runs(dirs:list, # run folders
 
 def plot_run(out:Path):
     "`curves.png` in a run's folder: Φ and the readable metric, train and val, against examples seen."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # no pyplot: drawing a run's PNG must not touch the caller's backend or figures
     rows = read_metrics(out)
     keys = ("phi",) + tuple(k for k in READABLE if any(k in r for r in rows))
-    fig, axs = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)
+    fig = Figure(figsize=(5 * len(keys), 3.4))
+    axs = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axs[0], keys):
         for split in ("train", "val"):
             rs = [r for r in rows if r["split"] == split and r.get(key) is not None]
@@ -737,7 +768,6 @@ def plot_run(out:Path):
         ax.set_xlabel("examples seen"); ax.set_ylabel(key); ax.grid(alpha=.3); ax.legend(fontsize=8)
     fig.tight_layout()
     _atomic_write(out / "curves.png", lambda t: fig.savefig(t, dpi=100, format="png"))
-    plt.close(fig)
 
 # %% ../nbs/08_loop.ipynb #7f3f3884
 def sample_run(out:str|Path, # a finished run's folder (with `generator/`)
