@@ -127,6 +127,19 @@ def _check_opt(opt):
         raise TypeError(f"opt must have init(params) and step(params, grads, state), like dpg_nb.optim.SGD/AdamW; got {type(opt).__name__}")
 
 # %% ../nbs/02_metagrad.ipynb #0200a6aa
+def _sft(tgt, ids, mask, w, opt, b, T, mb, before_step=None):
+    "T steps of `opt` from φ_0 on weighted rows; `before_step(t, φ_t, S_t, g_t)` sees each state before its update. Returns φ_T."
+    P = {k: v.clone() for k, v in tgt.phi0.items()}
+    S = opt.init(P)
+    for t in range(T):
+        r = slice(t * b, t * b + b)
+        Q = {k: v.requires_grad_() for k, v in P.items()}
+        g = tgt.grad(Q, ids[r], mask[r], w[r], b, mb)
+        P = {k: v.detach() for k, v in Q.items()}
+        if before_step is not None: before_step(t, P, S, g)
+        with torch.no_grad(): P, S = opt.step(P, g, S)
+    return P
+
 def train(model:nn.Module,         # the target; its own parameters are not modified
           input_ids:Tensor,        # [n, L] LongTensor, steps take rows t*b .. t*b+b-1
           opt,                     # `dpg_nb.optim.SGD` / `AdamW` (or any pure optimizer)
@@ -143,14 +156,7 @@ def train(model:nn.Module,         # the target; its own parameters are not modi
     ids, mask, b = ids.to(tgt.device), mask.to(tgt.device), batch_size
     w = torch.ones(ids.shape[0], dtype=tgt.dtype, device=tgt.device) if weights is None else weights.detach().to(tgt.device, tgt.dtype)
     if w.shape != (ids.shape[0],): raise ValueError(f"weights must have shape [{ids.shape[0]}], got {tuple(w.shape)}")
-    with _eval_mode(model):
-        P = {k: v.clone() for k, v in tgt.phi0.items()}
-        S = opt.init(P)
-        for t in range(T):
-            r = slice(t * b, t * b + b)
-            Q = {k: v.requires_grad_() for k, v in P.items()}
-            g = tgt.grad(Q, ids[r], mask[r], w[r], b, microbatch_size)
-            with torch.no_grad(): P, S = opt.step({k: v.detach() for k, v in Q.items()}, g, S)
+    with _eval_mode(model): P = _sft(tgt, ids, mask, w, opt, b, T, microbatch_size)
     return {k: v.detach() for k, v in tgt.full(P).items()}
 
 # %% ../nbs/02_metagrad.ipynb #472e70d7
@@ -248,17 +254,10 @@ def _replay(tgt, ids, mask, metric, opt, b, T, mb, ckpt_dir=None, progress=False
     f = lambda t: os.path.join(folder, f"step{t:06d}.pt")
     try:
         # forward: plain training, saving (φ_t, S_t) [and g_t when microbatching] before each step
-        P = {k: v.clone() for k, v in tgt.phi0.items()}
-        S = opt.init(P)
-        for t in range(T):
-            r = slice(t * b, t * b + b)
-            Q = {k: v.requires_grad_() for k, v in P.items()}
-            g = tgt.grad(Q, ids[r], mask[r], ones[r], b, mb)
-            P = {k: v.detach() for k, v in Q.items()}
-            torch.save({"P": P, "S": S, "g": g if mb else None}, f(t))
-            with torch.no_grad(): P, S = opt.step(P, g, S)
+        save = lambda t, P, S, g: torch.save({"P": P, "S": S, "g": g if mb else None}, f(t))
+        P = _sft(tgt, ids, mask, ones, opt, b, T, mb, before_step=save)
         _, Pbar = _metric_grad(metric, tgt, P)
-        del P, S
+        del P
         Sbar = None
         steps = range(T - 1, -1, -1)
         if progress:
