@@ -12,7 +12,8 @@ from . import loop as L
 from . import targets as T
 
 # %% auto #0
-__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'plot_curves', 'val_target', 'show_pattern', 'sign_rank1']
+__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'val_target', 'show_pattern',
+           'sign_rank1']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -46,6 +47,17 @@ def run_wall(out:str|Path)->float:
     if not rows: raise ValueError(f"{out} has no rows in metrics.jsonl")
     return float(sum(r["wall_s"] for r in rows))
 
+def val_timeline(out:str|Path, # a run folder
+                 key:str="pixel_accuracy", # a field of the val rows
+                )->list: # `(step, value, minutes)` per val row
+    "Each val row's value and the run's summed row time (`wall_s`, in minutes) when it was written."
+    t, marks = 0.0, []
+    for r in L.read_metrics(out):
+        t += r["wall_s"]
+        if r["split"] == "val": marks.append((r["step"], r.get(key), t / 60))
+    if not marks: raise ValueError(f"{out} has no val rows")
+    return marks
+
 def plot_curves(runs:dict, # label -> run folder
                 key:str, # a metrics.jsonl field, e.g. `pixel_accuracy`, `phi`, `lm_head_norm`
                 ax=None, # matplotlib axes (default: a new figure)
@@ -71,23 +83,11 @@ def plot_curves(runs:dict, # label -> run folder
 # %% ../nbs/13_figures.ipynb #c16f29d6
 def val_target(out:str|Path)->dict:
     "The evaluation target of the generator in `out/checkpoint.pt`: `params`, `metric`, `phi`, `step`, the stored `row`."
-    out = Path(out)
-    if not (out / "checkpoint.pt").exists(): raise ValueError(f"{out} has no checkpoint.pt")
-    cfg = L.Config(**run_config(out))
-    R = L._Run(cfg, out, resume=True)
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    gen = dict(R.gen.named_parameters())
-    with torch.no_grad():
-        for k, v in ck["gen"].items(): gen[k].copy_(v)
-    step = ck["step"]
-    ids, mask = R.prompts.val()
-    with torch.no_grad(): ro, x, m = R.rollouts(ids, mask, 1, L._mix(cfg.seed, L.TAG_VAL, step))
-    m = m.bool()
-    use = L._usable(torch.arange(len(x)), m, cfg.inner_batch)
-    params = L.sft(R.target, x[use], L._inner_opt(cfg), cfg.inner_batch, m[use])
+    R, step = L.Run.open(out)
+    _, _, params, _ = R.eval_params(step)
     with torch.no_grad(): phi = float(R.metric(params))
     row = next((r for r in L.read_metrics(out, "val") if r["step"] == step), None)
-    return dict(params=params, metric=R.metric, phi=phi, step=step, row=row, config=cfg)
+    return dict(params=params, metric=R.metric, phi=phi, step=step, row=row, config=R.cfg)
 
 # %% ../nbs/13_figures.ipynb #313a2fca
 def show_pattern(vt:dict, # what `val_target` returns (a pattern experiment)

@@ -211,12 +211,12 @@ def language_metric(cfg, # the run's config (`lang`, `seed`)
                     target, # the target at its initial weights
                     tokenizer=None, # the target's tokenizer
                    )->LanguageMetric:
-    "Φ of the `language` experiment: −CE of the last words of `lang` passages."
+    "Φ of the `language` experiment: −CE of `lang` passages, their last words (`lang_form=lastword`) or every token (`whole`)."
     _need_tok(cfg, tokenizer)
     if cfg.lang not in LANGS:
         from dpg_nb.loop import UserError
         raise UserError(f"lang must be one of {'|'.join(LANGS)}, got {cfg.lang!r}")
-    return LanguageMetric(target, tokenizer, cfg.lang, "lastword", max_len=cfg.max_len, seed=cfg.seed)
+    return LanguageMetric(target, tokenizer, cfg.lang, cfg.lang_form, max_len=cfg.max_len, seed=cfg.seed)
 
 def uuid_metric(cfg, target, tokenizer=None)->UUIDMetric:
     "Φ of the `uuid` experiment: −CE of the fixed `UUID` string."

@@ -16,10 +16,10 @@ from .models import tiny_lm, require_eager
 
 # %% auto #0
 __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE',
-           'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'resolve',
-           'validate', 'build_models', 'sft', 'Prompts', 'step_rewards', 'step_advantages', 'read_metrics',
-           'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'run', 'save_generator', 'resume_config',
-           'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
+           'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'patch_col0',
+           'resolve', 'validate', 'build_models', 'sft', 'Prompts', 'step_rewards', 'step_advantages', 'read_metrics',
+           'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'Run', 'run', 'save_generator',
+           'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
@@ -27,7 +27,7 @@ TEXT_REWARDS = ("langid", "levenshtein", "embedding")   # the language experimen
 CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive", "langid", "levenshtein", "embedding"), grouping=("cross", "inverse"),
                advantage=("grpo", "rloo", "none"), adv_scale=("paper", "free"),
                gen_dtype=("float32", "float64", "bfloat16", "float16"),
-               target_dtype=("float32", "float64", "bfloat16", "float16"))
+               target_dtype=("float32", "float64", "bfloat16", "float16"), lang_form=("lastword", "whole"))
 POSITIVE = ("steps", "prompts_per_step", "samples_per_prompt", "inner_batch", "val_every", "ckpt_every",
             "max_new_tokens", "prompt_len", "val_prompts", "max_len", "vocab_size", "gen_hidden", "gen_layers",
             "target_hidden", "target_layers", "minibatch", "epochs")
@@ -51,7 +51,9 @@ class Config:
     gen_lr: float = 3e-3        # generator AdamW learning rate
     val_every: int = 10         # validate every k steps (and at step 0)
     text: str = "dpg"           # qr: what the code says
+    patch_col0: int = -1        # qr, sixseven: token id of the patch's first column; -1: the id of "!" in the target's tokenizer (0 without one)
     lang: str = "es"            # language: target language
+    lang_form: str = "lastword" # language: score the last word of each passage (lastword, as LAMBADA) or every token (whole)
     # --- sizes, models and knobs the scales set
     ckpt_every: int = 10        # checkpoint every k steps (and at the end)
     max_new_tokens: int = 16
@@ -149,8 +151,15 @@ SCALE_DEFAULTS = {
 
 def _head(target): return dict(target.named_parameters(remove_duplicate=False))[T.HEAD]
 
-def _qr_metric(cfg, target): return T.QRMetric(cfg.text, _head(target))
-def _sixseven_metric(cfg, target): return T.PatternMetric(T.SIXSEVEN, _head(target))
+def patch_col0(cfg:Config, tokenizer=None)->int:
+    "The patch's first column: `cfg.patch_col0`, or for -1 the id of `!` in the target's tokenizer (0 without one)."
+    if cfg.patch_col0 >= 0 or tokenizer is None: return max(cfg.patch_col0, 0)
+    ids = tokenizer.encode("!", add_special_tokens=False)
+    if len(ids) != 1: raise UserError(f"'!' is not one token in the target's tokenizer ({ids}); set patch_col0")
+    return ids[0]
+
+def _qr_metric(cfg, target, tokenizer=None): return T.QRMetric(cfg.text, _head(target), col0=patch_col0(cfg, tokenizer))
+def _sixseven_metric(cfg, target, tokenizer=None): return T.PatternMetric(T.SIXSEVEN, _head(target), col0=patch_col0(cfg, tokenizer))
 def _l2_metric(cfg, target): return T.L2Metric()
 def _language_metric(cfg, target, tokenizer=None):
     from dpg_nb.language import language_metric
@@ -160,22 +169,22 @@ def _uuid_metric(cfg, target, tokenizer=None):
     return uuid_metric(cfg, target, tokenizer)
 
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
-                    scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text",))
+                    scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "patch_col0"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
-                    scales={"cpu": dict(steps=80, val_every=20), "paper": dict(steps=3840)})
+                    scales={"cpu": dict(steps=80, val_every=20), "paper": dict(steps=3840)}, keys=("patch_col0",))
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
                     scales={"cpu": dict(steps=100, val_every=20, inner_opt="sgd", inner_lr=0.1, gen_lr=1e-2),
                             "paper": dict(steps=960)})
-register_experiment("language", _language_metric, "rephrase into a new language (Φ: -CE of the last words of `lang` passages)",
+register_experiment("language", _language_metric, "rephrase into a new language (Φ: -CE of `lang` passages: their last words, or every token with lang_form=whole)",
                     scales={"paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct",
                                           gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=120)},
-                    keys=("lang",))
+                    keys=("lang", "lang_form"))
 register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UUID (Φ: -CE of the UUID string)",
                     scales={"paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct",
                                           gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=360)})
 
 # %% ../nbs/08_loop.ipynb #f98ead19
-_EXP_KEYS = ("text", "lang")
+_EXP_KEYS = ("text", "lang", "lang_form", "patch_col0")
 
 def resolve(experiment:str="qr", # a registered experiment
             scale:str="cpu", # cpu | smol | paper
@@ -216,6 +225,7 @@ def validate(cfg:Config)->Config:
     for k in ("inner_lr", "gen_lr", "temperature", "clip", "max_grad_norm"):
         if getattr(cfg, k) <= 0: raise UserError(f"{k} must be positive, got {getattr(cfg, k)}")
     if cfg.kl_coef < 0: raise UserError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
+    if cfg.patch_col0 < -1: raise UserError(f"patch_col0 must be a token id, or -1 for the id of '!', got {cfg.patch_col0}")
     if cfg.threads < 0: raise UserError(f"threads must be >= 0, got {cfg.threads}")
     if not 0 < cfg.top_p <= 1: raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
     for k, ch in CHOICES.items():
@@ -543,7 +553,7 @@ def _save_image(out:Path, metric, params):
     img = T.qr_image(metric.image(params))
     _atomic_write(out / "qr.png", lambda t: cv2.imwrite(str(t), img))
 
-class _Run:
+class Run:
     "The state of one run: models, optimizers, prompts, files."
     def __init__(self, cfg:Config, out:Path, resume:bool):
         self.cfg, self.out = cfg, out
@@ -561,6 +571,32 @@ class _Run:
         self.pad = (getattr(self.gtok, "pad_token_id", None) or 0) if self.gtok is not None else 0
         self.gdev = next(self.gen.parameters()).device
         self.wrote_val_image = False
+
+    @classmethod
+    def open(cls, out:str|Path, load:bool=True)->tuple:
+        "A run folder's `Run`, its files untouched, with (`load`) its last checkpoint's generator: `(run, step)`."
+        out = Path(out)
+        if not (out / "checkpoint.pt").exists(): raise ValueError(f"{out} has no checkpoint.pt")
+        R = cls(resume_config(out), out, resume=True)
+        return R, (R.load_generator() if load else 0)
+
+    def load_generator(self)->int:
+        "Copy the trained generator parameters of `out/checkpoint.pt` in (nothing else); its step."
+        ck = torch.load(self.out / "checkpoint.pt", weights_only=False)
+        gen = dict(self.gen.named_parameters())
+        with torch.no_grad():
+            for k, v in ck["gen"].items(): gen[k].copy_(v)
+        return ck["step"]
+
+    def greedy(self, n:int=3, max_new_tokens:int=48)->list:
+        "Greedy generations for the first `n` test prompts: texts, or token ids joined by spaces without a tokenizer."
+        from dpg_nb.rollouts import sample
+        ids, mask = self.prompts.val()
+        with torch.no_grad():
+            ro = sample(self.gen, ids[:n].to(self.gdev), mask[:n].to(self.gdev), 1, max_new_tokens, temperature=0.0,
+                        eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok, generator=torch.Generator(device=self.gdev).manual_seed(0))
+        if ro.texts is not None: return list(ro.texts)
+        return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
 
     def rollouts(self, ids, mask, G, seed):
         from dpg_nb.rollouts import sample, for_target
@@ -600,15 +636,20 @@ class _Run:
                    gen_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2, wall_s=t3 - t0)
         return {k: _clean(v) for k, v in row.items()}
 
-    def val_step(self, step:int, examples_seen:int)->dict:
-        "Φ of a fresh target trained on one rollout per test prompt from the current generator."
-        c, t0 = self.cfg, time.perf_counter()
+    def eval_params(self, step:int)->tuple:
+        "The evaluation protocol: one rollout per test prompt, a fresh target trained on them. `(ids, mask, params, n_skipped)`."
+        c = self.cfg
         ids, mask = self.prompts.val()
         with torch.no_grad(): ro, x, m = self.rollouts(ids, mask, 1, _mix(c.seed, TAG_VAL, step))
         x, m = x.to(next(self.target.parameters()).device), m.to(next(self.target.parameters()).device).bool()
         use = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch)
         if len(use) == 0: raise UserError("empty generations: no validation rollout has a token the target can be trained on")
-        params = sft(self.target, x[use], _inner_opt(c), c.inner_batch, m[use])
+        return ids, mask, sft(self.target, x[use], _inner_opt(c), c.inner_batch, m[use]), len(x) - len(use)
+
+    def val_step(self, step:int, examples_seen:int)->dict:
+        "Φ of a fresh target trained on one rollout per test prompt from the current generator."
+        c, t0 = self.cfg, time.perf_counter()
+        ids, mask, params, n_skipped = self.eval_params(step)
         with torch.no_grad(): phi = float(self.metric(params))
         if self.cfg.experiment == "qr" and hasattr(self.metric, "image"):
             _save_image(self.out, self.metric, params); self.wrote_val_image = True
@@ -621,7 +662,7 @@ class _Run:
                            generator=torch.Generator(device=self.gdev).manual_seed(0))
             greedy = _readable_texts(self.metric, g.texts)
         row = dict(split="val", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params), **greedy,
-                   n_skipped=len(x) - len(use), wall_s=time.perf_counter() - t0)
+                   n_skipped=n_skipped, wall_s=time.perf_counter() - t0)
         return {k: _clean(v) for k, v in row.items()}
 
 # %% ../nbs/08_loop.ipynb #d3bbf824
@@ -645,7 +686,7 @@ def run(cfg:Config, # a validated config (see `resolve`)
 
 def _run(cfg, out, resume, progress):
     from tqdm.auto import tqdm
-    R = _Run(cfg, out, resume)                       # everything that can fail on user input, before any write
+    R = Run(cfg, out, resume)                       # everything that can fail on user input, before any write
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     start, seen = 0, 0

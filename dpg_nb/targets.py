@@ -18,16 +18,18 @@ HEAD = "lm_head.weight"
 
 def head_patch(params:dict, # `named_parameters(remove_duplicate=False)`-style dict, or a `[V, d]` head tensor
                h:int, # patch height: hidden dimensions 0..h-1 (rows)
-               w:int, # patch width: token ids 0..w-1 (columns)
+               w:int, # patch width: token ids col0..col0+w-1 (columns)
                name:str=HEAD, # which parameter is the head
-              )->torch.Tensor: # `[h, w]`, `P[i, j] = W[j, i]`
+               col0:int=0, # token id of the first column
+              )->torch.Tensor: # `[h, w]`, `P[i, j] = W[col0 + j, i]`
     "The `[h, w]` patch of the LM head read as the reference does: rows = hidden dims, columns = token ids."
     W = params if isinstance(params, torch.Tensor) else params[name]
     if W.ndim != 2: raise ValueError(f"the head must be a [vocab, hidden] matrix, got shape {tuple(W.shape)}")
     V, d = W.shape
-    if V < w or d < h:
-        raise ValueError(f"a {h}x{w} patch needs vocab >= {w} and hidden >= {h}; the head is [{V}, {d}]")
-    return W[:w, :h].T
+    if not isinstance(col0, int) or col0 < 0: raise ValueError(f"col0 must be a non-negative int, got {col0!r}")
+    if V < col0 + w or d < h:
+        raise ValueError(f"a {h}x{w} patch from token {col0} needs vocab >= {col0 + w} and hidden >= {h}; the head is [{V}, {d}]")
+    return W[col0:col0 + w, :h].T
 
 # %% ../nbs/04_targets.ipynb #02871409
 def pixel_accuracy(delta:torch.Tensor, # `[h, w]` change of the patch
@@ -48,19 +50,20 @@ def _as_pm1(S)->torch.Tensor:
 
 # %% ../nbs/04_targets.ipynb #eb3a51ee
 class PatternMetric:
-    "Φ = -mean(softplus(-s·S⊙Δ)), Δ = P - P_initial, P = `lm_head.weight[0:w, 0:h].T`."
+    "Φ = -mean(softplus(-s·S⊙Δ)), Δ = P - P_initial, P = `lm_head.weight[col0:col0+w, 0:h].T`."
     def __init__(self,
                  S, # `[h, w]` target in {-1, +1} (-1 = dark)
                  initial_head:torch.Tensor, # `[V, d]` the target's initial head, `lm_head.weight` at φ_0
                  s:float=20., # sharpness of the softplus
                  name:str=HEAD, # which parameter is the head
+                 col0:int=0, # token id of the patch's first column
                 ):
-        self.S, self.s, self.name = _as_pm1(S), float(s), name
+        self.S, self.s, self.name, self.col0 = _as_pm1(S), float(s), name, col0
         self.h, self.w = self.S.shape
-        self.P0 = head_patch(initial_head.detach(), self.h, self.w).clone()
+        self.P0 = head_patch(initial_head.detach(), self.h, self.w, col0=col0).clone()
     def delta(self, params)->torch.Tensor:
         "Change of the patch from the initial head."
-        P = head_patch(params, self.h, self.w, self.name)
+        P = head_patch(params, self.h, self.w, self.name, self.col0)
         return P - self.P0.to(P)
     def __call__(self, params)->torch.Tensor:
         D = self.delta(params)
@@ -136,8 +139,8 @@ class L2Metric:
 
 class QRMetric(PatternMetric):
     "The pattern metric on a QR code; its readable metrics add the text decoded from `sign(Δ)`."
-    def __init__(self, text:str, initial_head, s:float=20., error_correction:str="L", name:str=HEAD):
-        super().__init__(qr_matrix(text, error_correction=error_correction), initial_head, s, name)
+    def __init__(self, text:str, initial_head, s:float=20., error_correction:str="L", name:str=HEAD, col0:int=0):
+        super().__init__(qr_matrix(text, error_correction=error_correction), initial_head, s, name, col0)
         self.text = text
     def readable(self, params)->dict:
         d = super().readable(params)
