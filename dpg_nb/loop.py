@@ -553,6 +553,11 @@ def _save_image(out:Path, metric, params):
     img = T.qr_image(metric.image(params))
     _atomic_write(out / "qr.png", lambda t: cv2.imwrite(str(t), img))
 
+def _texts(ro)->list:
+    "A rollout's texts, or at cpu scale (no tokenizer) its token ids joined by spaces."
+    if ro.texts is not None: return list(ro.texts)
+    return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
+
 class Run:
     "The state of one run: models, optimizers, prompts, files."
     def __init__(self, cfg:Config, out:Path, resume:bool):
@@ -595,8 +600,7 @@ class Run:
         with torch.no_grad():
             ro = sample(self.gen, ids[:n].to(self.gdev), mask[:n].to(self.gdev), 1, max_new_tokens, temperature=0.0,
                         eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok, generator=torch.Generator(device=self.gdev).manual_seed(0))
-        if ro.texts is not None: return list(ro.texts)
-        return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
+        return _texts(ro)
 
     def rollouts(self, ids, mask, G, seed):
         from dpg_nb.rollouts import sample, for_target
@@ -832,8 +836,7 @@ def sample_run(out:str|Path, # a finished run's folder (with `generator/`)
         ro = sample(gen, ids, mask, 1, max_new_tokens or cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                     eos_id=getattr(tok, "eos_token_id", None), pad_id=(getattr(tok, "pad_token_id", None) or 0) if tok else 0,
                     generator=g, tokenizer=tok)
-    if tok is not None and ro.texts is not None: return list(ro.texts)
-    return [" ".join(map(str, r[m].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
+    return _texts(ro)
 
 # %% ../nbs/08_loop.ipynb #5f8131c1
 def strip_timing(rows:list)->list:
