@@ -1,7 +1,7 @@
 """Execute notebooks in place, *all* cells included (also those flagged `slow`/`gpu`), so that their
 stored outputs come from a real run of the code they hold. Usage: python tools/run_nb.py nbs/02_metagrad.ipynb [...]
 With `--slow 20,21` only the flagged cells with those indices run (besides every unflagged cell); the other flagged
-cells keep the outputs they have, e.g. when they read run folders made in an earlier session.
+cells keep the outputs they have, e.g. when they read run folders that are no longer at hand.
 Run `nbdev_export` first (cells import the exported package) and `nbdev_clean` after."""
 import os, re, sys, time
 from pathlib import Path
