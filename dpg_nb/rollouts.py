@@ -112,6 +112,18 @@ def _as_ids(x, name:str)->list:
     if not all(isinstance(i, int) for i in ids): raise TypeError(f"sample: {name} must be an int or a list of ints")
     return ids
 
+def _prefill(model, ids, attn, pos, G:int, cache_kw:str)->tuple:
+    "Last-position logits `[B*G, V]` and a KV cache of `B*G` rows: the `B` prompts run once, then each is repeated `G` times."
+    keep = dict(logits_to_keep=1) if _logits_to_keep_ok(model) else {}
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **keep)
+    if not torch.isfinite(out.logits).all(): raise ValueError(_NONFINITE)
+    cache = getattr(out, cache_kw)
+    if G > 1 and not hasattr(cache, "batch_repeat_interleave"):   # a cache that cannot repeat rows: run every row
+        rep = lambda t: t.repeat_interleave(G, 0)
+        return _prefill(model, rep(ids), rep(attn), rep(pos), 1, cache_kw)
+    if G > 1: cache.batch_repeat_interleave(G)
+    return out.logits[:, -1].repeat_interleave(G, 0), cache
+
 @torch.no_grad()
 def sample(model,                    # a Hugging Face causal LM (eager or SDPA attention, any)
            prompt_ids:torch.Tensor,  # [B, P] left-padded prompt tokens
@@ -141,8 +153,8 @@ def sample(model,                    # a Hugging Face causal LM (eager or SDPA a
     if eos_id is None and tokenizer is not None: eos_id = tokenizer.eos_token_id
     eos = _as_ids(eos_id, 'eos_id')
     dev = next(model.parameters()).device
-    ids, pm = prompt_ids.repeat_interleave(G, 0).to(dev), pm.repeat_interleave(G, 0).to(dev)
-    N = ids.shape[0]
+    ids, pm = prompt_ids.to(dev), pm.to(dev)
+    N = ids.shape[0] * G
     if uniforms is None:
         udev = generator.device if generator is not None else dev
         uniforms = torch.rand(N, max_new_tokens, generator=generator, dtype=torch.float64, device=udev)
@@ -154,15 +166,14 @@ def sample(model,                    # a Hugging Face causal LM (eager or SDPA a
     try:
         attn = pm.long()
         pos = (attn.cumsum(1) - 1).clamp(min=0)
-        keep = dict(logits_to_keep=1) if _logits_to_keep_ok(model) else {}
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **keep)
-        if not torch.isfinite(out.logits).all(): raise ValueError(_NONFINITE)
+        logits, cache = _prefill(model, ids, attn, pos, G, cache_kw)
+        ids, pm, attn, pos = (t.repeat_interleave(G, 0) for t in (ids, pm, attn, pos))
         nxt = pos[:, -1:] + 1
         toks, lps, alive = [], [], []
         done = torch.zeros(N, dtype=torch.bool, device=dev)
         eos_t = torch.tensor(eos, dtype=torch.long, device=dev)
         for t in range(max_new_tokens):
-            tok, lp = _draw(out.logits[:, -1], uniforms[:, t], temperature, top_p)
+            tok, lp = _draw(logits, uniforms[:, t], temperature, top_p)
             alive.append(~done)
             toks.append(torch.where(done, torch.full_like(tok, pad_id), tok))
             lps.append(torch.where(done, torch.zeros_like(lp), lp))
@@ -170,7 +181,8 @@ def sample(model,                    # a Hugging Face causal LM (eager or SDPA a
             if t == max_new_tokens - 1 or done.all(): break
             attn = torch.cat([attn, attn.new_ones(N, 1)], 1)
             out = model(input_ids=toks[-1][:, None], attention_mask=attn, position_ids=nxt, use_cache=True,
-                        **{cache_kw: getattr(out, cache_kw)})
+                        **{cache_kw: cache})
+            logits, cache = out.logits[:, -1], getattr(out, cache_kw)
             nxt = nxt + 1
     finally: model.train(was_training)
     resp, rmask = torch.stack(toks, 1), torch.stack(alive, 1)
@@ -181,26 +193,53 @@ def sample(model,                    # a Hugging Face causal LM (eager or SDPA a
                     logprobs=torch.stack(lps, 1), group=torch.arange(N, device=dev) // G, texts=texts)
 
 # %% ../nbs/06_rollouts.ipynb #928de983
+def _shared_prompt_logits(model, r:Rollouts):
+    "Logits `[N, R, V]` of the response positions with each distinct prompt run once and its KV cache given to its rows; None where that does not apply."
+    N, R = r.response_ids.shape
+    grp, inv = torch.unique(r.group, return_inverse=True)
+    if len(grp) == N or not _logits_to_keep_ok(model): return None
+    first = torch.zeros(len(grp), dtype=torch.long, device=inv.device).scatter_(0, inv, torch.arange(N, device=inv.device))
+    ids, pm = r.prompt_ids[first], r.prompt_mask[first]
+    if not (torch.equal(ids[inv], r.prompt_ids) and torch.equal(pm[inv], r.prompt_mask)): return None   # groups must share a prompt
+    kw = _cache_io(model)
+    attn = pm.long()
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, kw, None)
+    if not hasattr(cache, "batch_select_indices"): return None
+    cache.batch_select_indices(inv)                                   # row i reads its prompt's keys and values
+    head = out.logits[:, -1:][inv]                                     # predicts the first response token
+    if R == 1: return head
+    attn = torch.cat([attn[inv], attn.new_ones(N, R - 1)], 1)
+    pos = pos[inv, -1:] + torch.arange(1, R, device=pos.device)
+    rest = model(input_ids=r.response_ids[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True, **{kw: cache}).logits
+    return torch.cat([head, rest], 1)
+
 def token_logprobs(model,                # the generator, as sampled from (or after some updates)
                    rollouts:Rollouts,
                    temperature:float=1.0, # the sampling temperature (0: greedy, log-probs at T=1)
+                   share_prompts:bool=None, # run each distinct prompt once (None: when prompts repeat and are longer than the responses)
                   )->torch.Tensor:
     "Differentiable log-probs `[N, R]` of the response tokens under `model` at `temperature`, 0 on padding."
     P, R = rollouts.prompt_ids.shape[1], rollouts.response_ids.shape[1]
-    ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids[:, :-1]], 1)   # the last token predicts nothing
-    attn = torch.cat([rollouts.prompt_mask.long(), rollouts.prompt_mask.new_ones(ids.shape[0], R - 1).long()], 1)
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    if _logits_to_keep_ok(model):   # the LM head runs on the R response positions only
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R).logits
-    else:
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos)
-        logits = (out.logits if hasattr(out, 'logits') else out)[:, P-1:]
+    if share_prompts is None: share_prompts = P > R
+    logits = _shared_prompt_logits(model, rollouts) if share_prompts else None
+    if logits is None:
+        ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids[:, :-1]], 1)   # the last token predicts nothing
+        attn = torch.cat([rollouts.prompt_mask.long(), rollouts.prompt_mask.new_ones(ids.shape[0], R - 1).long()], 1)
+        pos = (attn.cumsum(1) - 1).clamp(min=0)
+        if _logits_to_keep_ok(model):   # the LM head runs on the R response positions only
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R).logits
+        else:
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos)
+            logits = (out.logits if hasattr(out, 'logits') else out)[:, P-1:]
     logits = logits.float() / (temperature if temperature > 0 else 1.0)
     tgt = rollouts.response_ids.to(logits.device)
     lp = logits.gather(-1, tgt[..., None])[..., 0] - torch.logsumexp(logits, -1)
     m = rollouts.response_mask.to(lp.device)
     if not torch.isfinite(lp[m]).all(): raise ValueError(_NONFINITE)
     return torch.where(m, lp, torch.zeros_like(lp))
+
 
 # %% ../nbs/06_rollouts.ipynb #4244a59e
 def _unpad(r:Rollouts, rows)->Rollouts:
