@@ -354,10 +354,13 @@ def _inner_opt(cfg):
     from dpg_nb.optim import SGD, AdamW
     return AdamW(lr=cfg.inner_lr) if cfg.inner_opt == "adamw" else SGD(lr=cfg.inner_lr)
 
-def _usable(rows:torch.Tensor, mask:torch.Tensor, b:int):
-    "Rows with a counted position, cut to a multiple of b."
+def _usable(rows:torch.Tensor, mask:torch.Tensor, b:int)->tuple:
+    "Rows with a counted position, cut to T*b' rows, and b': T = ceil(n/b) inner steps of b' = n // T <= b rows."
     ok = rows[mask[rows, 1:].any(1)]
-    return ok[: (len(ok) // b) * b]
+    if len(ok) == 0: return ok, b
+    T = -(-len(ok) // b)
+    bb = len(ok) // T
+    return ok[: T * bb], bb
 
 def _readable(metric, params)->dict:
     if not hasattr(metric, "readable"): return {}
@@ -389,11 +392,11 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
     got = torch.zeros(N, dtype=torch.bool)
     n_empty = int((~mask[:, 1:].any(1)).sum())
     for rows in runs:
-        use = _usable(rows, mask.cpu(), b)
+        use, bb = _usable(rows, mask.cpu(), b)
         if len(use) == 0: continue
         got[use] = True
         x, m = ids[use.to(dev)], mask[use.to(dev)]
-        params = sft(target, x, _inner_opt(cfg), b, m)
+        params = sft(target, x, _inner_opt(cfg), bb, m)
         with torch.no_grad(): phi = float(metric(params))
         phis.append(phi); reads.append(_readable(metric, params)); last = params
         if cfg.reward == "naive": r[use] = phi
@@ -402,7 +405,7 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
             try: r[use] = metric.text_rewards([texts[i] for i in use.tolist()], cfg.reward).double()
             except ValueError as e: raise UserError(str(e)) from None
         else:
-            try: r[use] = rewards(target, x, metric, opt=_inner_opt(cfg), batch_size=b, loss_mask=m).detach().double().cpu()
+            try: r[use] = rewards(target, x, metric, opt=_inner_opt(cfg), batch_size=bb, loss_mask=m).detach().double().cpu()
             except ValueError as e:                 # the engine refuses non-finite rewards: skip the run's rows, count them
                 if "not finite" not in str(e): raise
                 r[use] = float("inf")
@@ -646,9 +649,9 @@ class Run:
         ids, mask = self.prompts.val()
         with torch.no_grad(): ro, x, m = self.rollouts(ids, mask, 1, _mix(c.seed, TAG_VAL, step))
         x, m = x.to(next(self.target.parameters()).device), m.to(next(self.target.parameters()).device).bool()
-        use = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch)
+        use, bb = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch)
         if len(use) == 0: raise UserError("empty generations: no validation rollout has a token the target can be trained on")
-        return ids, mask, sft(self.target, x[use], _inner_opt(c), c.inner_batch, m[use]), len(x) - len(use)
+        return ids, mask, sft(self.target, x[use], _inner_opt(c), bb, m[use]), len(x) - len(use)
 
     def val_step(self, step:int, examples_seen:int)->dict:
         "Φ of a fresh target trained on one rollout per test prompt from the current generator."
