@@ -112,17 +112,17 @@ def _as_ids(x, name:str)->list:
     if not all(isinstance(i, int) for i in ids): raise TypeError(f"sample: {name} must be an int or a list of ints")
     return ids
 
-def _prefill(model, ids, attn, pos, G:int, cache_kw:str)->tuple:
-    "Last-position logits `[B*G, V]` and a KV cache of `B*G` rows: the `B` prompts run once, then each is repeated `G` times."
+def _prefill(model, ids, attn, pos, rows:torch.Tensor, cache_kw:str)->tuple:
+    "Last-position logits `[len(rows), V]` and a KV cache whose row i holds prompt `rows[i]`: each prompt runs once."
     keep = dict(logits_to_keep=1) if _logits_to_keep_ok(model) else {}
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **keep)
     if not torch.isfinite(out.logits).all(): raise ValueError(_NONFINITE)
-    cache = getattr(out, cache_kw)
-    if G > 1 and not hasattr(cache, "batch_repeat_interleave"):   # a cache that cannot repeat rows: run every row
-        rep = lambda t: t.repeat_interleave(G, 0)
-        return _prefill(model, rep(ids), rep(attn), rep(pos), 1, cache_kw)
-    if G > 1: cache.batch_repeat_interleave(G)
-    return out.logits[:, -1].repeat_interleave(G, 0), cache
+    cache = getattr(out, cache_kw, None)
+    if not hasattr(cache, "batch_select_indices"):     # a cache that cannot copy rows: run every row's prompt
+        out = model(input_ids=ids[rows], attention_mask=attn[rows], position_ids=pos[rows], use_cache=True, **keep)
+        return out.logits[:, -1], getattr(out, cache_kw)
+    cache.batch_select_indices(rows)
+    return out.logits[:, -1][rows], cache
 
 @torch.no_grad()
 def sample(model,                    # a Hugging Face causal LM (eager or SDPA attention, any)
@@ -166,8 +166,9 @@ def sample(model,                    # a Hugging Face causal LM (eager or SDPA a
     try:
         attn = pm.long()
         pos = (attn.cumsum(1) - 1).clamp(min=0)
-        logits, cache = _prefill(model, ids, attn, pos, G, cache_kw)
-        ids, pm, attn, pos = (t.repeat_interleave(G, 0) for t in (ids, pm, attn, pos))
+        rows = torch.arange(ids.shape[0], device=dev).repeat_interleave(G)   # prompt j's rows: j*G .. j*G+G-1
+        logits, cache = _prefill(model, ids, attn, pos, rows, cache_kw)
+        ids, pm, attn, pos = (t[rows] for t in (ids, pm, attn, pos))
         nxt = pos[:, -1:] + 1
         toks, lps, alive = [], [], []
         done = torch.zeros(N, dtype=torch.bool, device=dev)
@@ -194,26 +195,21 @@ def sample(model,                    # a Hugging Face causal LM (eager or SDPA a
 
 # %% ../nbs/06_rollouts.ipynb #928de983
 def _shared_prompt_logits(model, r:Rollouts):
-    "Logits `[N, R, V]` of the response positions with each distinct prompt run once and its KV cache given to its rows; None where that does not apply."
+    "Logits `[N, R, V]` of the response positions, each distinct prompt run once (`_prefill`); None unless groups share prompts."
     N, R = r.response_ids.shape
     grp, inv = torch.unique(r.group, return_inverse=True)
-    if len(grp) == N or not _logits_to_keep_ok(model): return None
+    if len(grp) == N: return None
     first = torch.zeros(len(grp), dtype=torch.long, device=inv.device).scatter_(0, inv, torch.arange(N, device=inv.device))
     ids, pm = r.prompt_ids[first], r.prompt_mask[first]
     if not (torch.equal(ids[inv], r.prompt_ids) and torch.equal(pm[inv], r.prompt_mask)): return None   # groups must share a prompt
-    kw = _cache_io(model)
-    attn = pm.long()
+    kw, attn = _cache_io(model), pm.long()
     pos = (attn.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, kw, None)
-    if not hasattr(cache, "batch_select_indices"): return None
-    cache.batch_select_indices(inv)                                   # row i reads its prompt's keys and values
-    head = out.logits[:, -1:][inv]                                     # predicts the first response token
-    if R == 1: return head
+    head, cache = _prefill(model, ids, attn, pos, inv, kw)                # head predicts the first response token
+    if R == 1: return head[:, None]
     attn = torch.cat([attn[inv], attn.new_ones(N, R - 1)], 1)
     pos = pos[inv, -1:] + torch.arange(1, R, device=pos.device)
     rest = model(input_ids=r.response_ids[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True, **{kw: cache}).logits
-    return torch.cat([head, rest], 1)
+    return torch.cat([head[:, None], rest], 1)
 
 def token_logprobs(model,                # the generator, as sampled from (or after some updates)
                    rollouts:Rollouts,
