@@ -17,9 +17,9 @@ from .models import tiny_lm, require_eager
 # %% auto #0
 __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE',
            'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'patch_col0',
-           'resolve', 'validate', 'build_models', 'sft', 'Prompts', 'step_rewards', 'step_advantages', 'read_metrics',
-           'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'Run', 'run', 'save_generator',
-           'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
+           'resolve', 'validate', 'build_target', 'build_models', 'sft', 'Prompts', 'step_rewards', 'step_advantages',
+           'read_metrics', 'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'Run', 'run',
+           'save_generator', 'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
@@ -262,21 +262,24 @@ def _device(d:str)->torch.device:
 
 def _dtype(s:str)->torch.dtype: return getattr(torch, s)
 
+def build_target(cfg:Config, vocab_size:int, tokenizer=None)->tuple:
+    "`(target, target_tokenizer)` for `cfg` at its initial weights, on the CPU: a tiny Llama over the generator's `vocab_size` ids sharing its `tokenizer` (ids pass through), or a loaded model."
+    from dpg_nb import models as M
+    if cfg.target == "tiny":
+        return tiny_lm(vocab_size, cfg.target_hidden, cfg.target_layers, max_len=max(cfg.max_len, 256),
+                       seed=cfg.seed + 1, dtype=_dtype(cfg.target_dtype)), tokenizer
+    return M.load(cfg.target, dtype=_dtype(cfg.target_dtype))
+
 def build_models(cfg:Config)->tuple:
     "`(generator, gen_tokenizer, target, target_tokenizer)` for `cfg`, placed and typed per role."
     from dpg_nb import models as M
     gd, td = _device(cfg.gen_device), _device(cfg.target_device)
-    gdt, tdt = _dtype(cfg.gen_dtype), _dtype(cfg.target_dtype)
+    gdt = _dtype(cfg.gen_dtype)
     if cfg.generator == "tiny":
         gen, gtok = tiny_lm(cfg.vocab_size, cfg.gen_hidden, cfg.gen_layers, seed=cfg.seed, dtype=gdt), None
     elif cfg.generator == "smollm2": gen, gtok = M.smollm2(dtype=gdt)
     else: gen, gtok = M.load(cfg.generator, dtype=gdt)
-    V = cfg.vocab_size if gtok is None else gen.config.vocab_size
-    if cfg.target == "tiny":
-        # a tiny target shares the generator's vocabulary (and tokenizer): ids pass through
-        target, ttok = tiny_lm(V, cfg.target_hidden, cfg.target_layers, max_len=max(cfg.max_len, 256),
-                               seed=cfg.seed + 1, dtype=tdt), gtok
-    else: target, ttok = M.load(cfg.target, dtype=tdt)
+    target, ttok = build_target(cfg, cfg.vocab_size if gtok is None else gen.config.vocab_size, gtok)
     if (gtok is None) != (ttok is None):
         raise UserError("the generator and the target need tokenizers both (text) or neither (shared token ids)")
     if gtok is None and gen.config.vocab_size != target.config.vocab_size:
