@@ -17,9 +17,10 @@ from .models import tiny_lm, require_eager
 # %% auto #0
 __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE',
            'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'patch_col0',
-           'resolve', 'validate', 'build_target', 'build_models', 'sft', 'Prompts', 'step_rewards', 'step_advantages',
-           'read_metrics', 'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'Run', 'run',
-           'save_generator', 'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
+           'resolve', 'validate', 'build_target', 'build_models', 'select_trainable', 'sft', 'Prompts', 'step_rewards',
+           'step_advantages', 'read_metrics', 'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'Run',
+           'run', 'save_generator', 'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'strip_timing',
+           'generator_state']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
@@ -69,13 +70,14 @@ class Config:
     max_grad_norm: float = 1.0
     kl_coef: float = 0.0
     generator: str = "tiny"     # tiny | smollm2 | a model folder or hub name
-    target: str = "tiny"        # tiny | a model folder or hub name
+    target: str = "tiny"        # tiny | smollm2 | a model folder or hub name
     vocab_size: int = 64        # tiny models' vocabulary (cpu); smol: the generator's
     gen_hidden: int = 64
     gen_layers: int = 2
     target_hidden: int = 32
     target_layers: int = 2
     gen_train: str = "all"      # all | last:N (last N blocks + final norm; the rest frozen)
+    target_train: str = "all"   # all | last:N: the target parameters the inner run trains (the rest stay fixed)
     prompts: str = ""           # smol/paper: a .txt/.jsonl of passages (default: offline prose)
     metric: str = ""            # module:function, a custom Φ(params) replacing the experiment's
     gen_device: str = "auto"    # auto | cpu | cuda | cuda:N
@@ -244,8 +246,10 @@ def validate(cfg:Config)->Config:
                         f"(reward={cfg.reward}, grouping={cfg.grouping}) into inner steps")
     if cfg.val_prompts % cfg.inner_batch:
         raise UserError(f"inner_batch={cfg.inner_batch} does not divide val_prompts={cfg.val_prompts} into inner steps")
-    if not (cfg.gen_train == "all" or (cfg.gen_train.startswith("last:") and cfg.gen_train[5:].isdigit() and int(cfg.gen_train[5:]) > 0)):
-        raise UserError(f"gen_train must be 'all' or 'last:N' with N > 0, got {cfg.gen_train!r}")
+    for k in ("gen_train", "target_train"):
+        v = getattr(cfg, k)
+        if not (v == "all" or (v.startswith("last:") and v[5:].isdigit() and int(v[5:]) > 0)):
+            raise UserError(f"{k} must be 'all' or 'last:N' with N > 0, got {v!r}")
     if cfg.metric and (":" not in cfg.metric or not all(cfg.metric.split(":", 1))):
         raise UserError(f"metric must be 'module:function', got {cfg.metric!r}")
     for k in ("gen_device", "target_device"):
@@ -266,9 +270,12 @@ def build_target(cfg:Config, vocab_size:int, tokenizer=None)->tuple:
     "`(target, target_tokenizer)` for `cfg` at its initial weights, on the CPU: a tiny Llama over the generator's `vocab_size` ids sharing its `tokenizer` (ids pass through), or a loaded model."
     from dpg_nb import models as M
     if cfg.target == "tiny":
-        return tiny_lm(vocab_size, cfg.target_hidden, cfg.target_layers, max_len=max(cfg.max_len, 256),
-                       seed=cfg.seed + 1, dtype=_dtype(cfg.target_dtype)), tokenizer
-    return M.load(cfg.target, dtype=_dtype(cfg.target_dtype))
+        t, tok = tiny_lm(vocab_size, cfg.target_hidden, cfg.target_layers, max_len=max(cfg.max_len, 256),
+                         seed=cfg.seed + 1, dtype=_dtype(cfg.target_dtype)), tokenizer
+    elif cfg.target == "smollm2": t, tok = M.smollm2(dtype=_dtype(cfg.target_dtype))
+    else: t, tok = M.load(cfg.target, dtype=_dtype(cfg.target_dtype))
+    select_trainable(t, cfg.target_train, "target_train")
+    return t, tok
 
 def build_models(cfg:Config)->tuple:
     "`(generator, gen_tokenizer, target, target_tokenizer)` for `cfg`, placed and typed per role."
@@ -287,23 +294,33 @@ def build_models(cfg:Config)->tuple:
                         f"{gen.config.vocab_size} != {target.config.vocab_size}")
     require_eager(target)
     gen.to(gd).eval(); target.to(td).eval()
-    for p in target.parameters(): p.requires_grad_(True)
-    _select_trainable(gen, cfg.gen_train)
+    select_trainable(gen, cfg.gen_train, "gen_train")
     return gen, gtok, target, ttok
 
-def _select_trainable(gen, spec:str):
+def _blocks(model)->tuple:
+    "`(blocks, final_norm)` of a Llama-style (`model.layers`, `model.norm`) or GPT-2-style (`transformer.h`, `transformer.ln_f`) causal LM."
+    if hasattr(getattr(model, "model", None), "layers"): return model.model.layers, model.model.norm
+    if hasattr(getattr(model, "transformer", None), "h"): return model.transformer.h, model.transformer.ln_f
+    raise UserError(f"cannot find the blocks of a {type(model).__name__} to select trainable ones; use 'all'")
+
+def select_trainable(model, # a causal LM
+                     spec:str, # all | last:N
+                     key:str="gen_train", # the config key, for messages
+                    ):
+    "Set `requires_grad`: every parameter (`all`), or the last N blocks, the final norm and an untied LM head (`last:N`)."
     if spec == "all":
-        for p in gen.parameters(): p.requires_grad_(True)
-        return
+        for p in model.parameters(): p.requires_grad_(True)
+        return model
     n = int(spec[5:])
-    layers = gen.model.layers
-    if n > len(layers): raise UserError(f"gen_train={spec!r} but the generator has {len(layers)} blocks")
-    for p in gen.parameters(): p.requires_grad_(False)
-    for blk in layers[-n:]:
-        for p in blk.parameters(): p.requires_grad_(True)
-    for p in gen.model.norm.parameters(): p.requires_grad_(True)
-    if not gen.config.tie_word_embeddings:
-        for p in gen.lm_head.parameters(): p.requires_grad_(True)
+    layers, norm = _blocks(model)
+    if n > len(layers): raise UserError(f"{key}={spec!r} but the model has {len(layers)} blocks")
+    for p in model.parameters(): p.requires_grad_(False)
+    for m in (*layers[-n:], norm):
+        for p in m.parameters(): p.requires_grad_(True)
+    if not model.config.tie_word_embeddings:
+        for p in model.get_output_embeddings().parameters(): p.requires_grad_(True)
+    return model
+
 
 # %% ../nbs/08_loop.ipynb #475e50e0
 def sft(model, input_ids, opt, batch_size, loss_mask=None)->dict:
@@ -570,6 +587,10 @@ class Run:
         self.cfg, self.out = cfg, out
         self.gen, self.gtok, self.target, self.ttok = build_models(cfg)
         self.metric = make_metric(cfg, self.target, self.ttok)
+        with torch.enable_grad(): phi = self.metric(dict(self.target.named_parameters(remove_duplicate=False)))
+        if not (isinstance(phi, torch.Tensor) and phi.requires_grad):
+            raise UserError(f"Φ of {cfg.experiment!r} does not depend on the target parameters target_train={cfg.target_train!r} "
+                            "leaves trainable (a tied LM head is frozen by last:N); nothing the data does can change it")
         self.prompts = Prompts(cfg, self.gtok)
         params = list(_trainable(self.gen).values())
         if not params: raise UserError("gen_train leaves no generator parameter to train")
