@@ -549,7 +549,9 @@ def make_metric(cfg:Config, target, tokenizer=None):
     takes_tok = "tokenizer" in inspect.signature(exp.metric).parameters
     metric = load_metric(cfg.metric) if cfg.metric else (exp.metric(cfg, target, tokenizer=tokenizer) if takes_tok else exp.metric(cfg, target))
     try: T.check_metric(metric, target)
-    except (ValueError, TypeError) as e: raise UserError(f"metric of {cfg.experiment!r}: {e}") from None
+    except (ValueError, TypeError) as e:
+        hint = f" (target_train={cfg.target_train!r} trains only the last blocks; a tied LM head stays frozen)" if cfg.target_train != "all" else ""
+        raise UserError(f"metric of {cfg.experiment!r}: {e}{hint}") from None
     return metric
 
 def _has_run(out:Path)->bool: return any((out / f).exists() for f in ("metrics.jsonl", "checkpoint.pt", "config.json"))
@@ -587,10 +589,6 @@ class Run:
         self.cfg, self.out = cfg, out
         self.gen, self.gtok, self.target, self.ttok = build_models(cfg)
         self.metric = make_metric(cfg, self.target, self.ttok)
-        with torch.enable_grad(): phi = self.metric(dict(self.target.named_parameters(remove_duplicate=False)))
-        if not (isinstance(phi, torch.Tensor) and phi.requires_grad):
-            raise UserError(f"Φ of {cfg.experiment!r} does not depend on the target parameters target_train={cfg.target_train!r} "
-                            "leaves trainable (a tied LM head is frozen by last:N); nothing the data does can change it")
         self.prompts = Prompts(cfg, self.gtok)
         params = list(_trainable(self.gen).values())
         if not params: raise UserError("gen_train leaves no generator parameter to train")
@@ -676,6 +674,14 @@ class Run:
         use, bb = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch)
         if len(use) == 0: raise UserError("empty generations: no validation rollout has a token the target can be trained on")
         return ids, mask, sft(self.target, x[use], _inner_opt(c), bb, m[use]), len(x) - len(use)
+
+    def val_phis(self, draws:list)->list:
+        "Φ of the evaluation protocol for the current generator, once per draw of the val rollouts (`draws`: steps whose sampling seeds to use)."
+        out = []
+        for s in draws:
+            params = self.eval_params(s)[2]
+            with torch.no_grad(): out.append(float(self.metric(params)))
+        return out
 
     def val_step(self, step:int, examples_seen:int)->dict:
         "Φ of a fresh target trained on one rollout per test prompt from the current generator."
