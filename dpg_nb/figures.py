@@ -13,7 +13,7 @@ from . import targets as T
 
 # %% auto #0
 __all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'val_target', 'show_pattern',
-           'sign_rank1']
+           'sign_rank1', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -127,3 +127,51 @@ def sign_rank1(S, # `[h, w]` matrix in {-1, +1} (h <= 24: all 2^h row signs are 
     b = np.where(a @ S >= 0, 1, -1)
     acc = float((np.outer(a, b) == S).mean())
     return acc, a, b
+
+# %% ../nbs/13_figures.ipynb #srch0002
+def search_data(target:torch.nn.Module, # the target at its initial weights
+                metric, # a pattern metric (`targets.PatternMetric`): its `S`, patch and `delta`
+                opt, # the inner optimizer (`dpg_nb.optim`), as the evaluation protocol trains
+                n:int=64, # rows of the dataset (the cpu scale's val protocol: 64)
+                length:int=16, # tokens per row
+                inner_batch:int=16, # rows per inner step
+                distinct:int=None, # distinct sequences; row i is sequence i % distinct (default: n)
+                iters:int=4000, # most proposals per phase
+                seed:int=0, # seeds the start and the proposals
+                s:float=3., # sharpness of the soft score on the normalised change
+               )->tuple: # (rows `[n, length]`, pixel accuracy of the exact inner run on them, {phase: accuracies})
+    "Local search for token rows whose fine-tuning draws `metric`'s pattern: what data can do, no generator."
+    import torch.nn.functional as F
+    from dpg_nb.metagrad import example_losses
+    if not all(hasattr(metric, a) for a in ("S", "delta", "col0", "name")):
+        raise TypeError("search_data needs a pattern metric (qr or sixseven)")
+    distinct = n if distinct is None else distinct
+    if n < 1 or length < 2 or inner_batch < 1 or n % inner_batch:
+        raise ValueError(f"need n >= 1 rows in whole inner batches and length >= 2, got n={n}, inner_batch={inner_batch}, length={length}")
+    if not 1 <= distinct <= n: raise ValueError(f"distinct must be in 1..n={n}, got {distinct}")
+    W = target.get_output_embeddings().weight
+    V, S, c0, (h, w) = W.shape[0], metric.S.float(), metric.col0, metric.S.shape
+    gen = torch.Generator().manual_seed(seed)
+    rows, mask = torch.arange(n) % distinct, torch.ones(n, length, dtype=torch.bool)
+    soft = lambda D: -F.softplus(-s * S * D / D.abs().mean().clamp_min(1e-30)).mean().item()
+    def first_order(X):                 # every inner step's first-order image, at the initial weights
+        Z, accs, sc = X[rows], [], 0.
+        for b in range(0, n, inner_batch):
+            g, = torch.autograd.grad(example_losses(target(Z[b:b + inner_batch]).logits, Z[b:b + inner_batch], mask[:inner_batch]).mean(), W)
+            D = -g[c0:c0 + w, :h].T.float()
+            accs.append(T.pixel_accuracy(D, S)); sc += soft(D)
+        return min(accs), sc
+    def exact(X):                       # the real inner run, as a val row trains
+        D = metric.delta(L.sft(target, X[rows], opt, inner_batch, mask)).detach().float()
+        return T.pixel_accuracy(D, S), soft(D)
+    X, hist = torch.randint(0, V, (distinct, length), generator=gen), {}
+    for phase, score in (("first order", first_order), ("exact", exact)):
+        acc, sc = score(X); hist[phase] = [acc]
+        for _ in range(iters):
+            if acc == 1.0: break
+            Y = X.clone()
+            Y[torch.randint(0, distinct, (1,), generator=gen), torch.randint(0, length, (1,), generator=gen)] = torch.randint(0, V, (1,), generator=gen)
+            a, c = score(Y)
+            if c >= sc: X, acc, sc = Y, a, c
+            hist[phase].append(acc)
+    return X[rows], hist["exact"][-1], hist

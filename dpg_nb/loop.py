@@ -46,6 +46,7 @@ class Config:
     inner_batch: int = 16       # b: examples per inner SFT step, T = examples per inner run / b
     inner_opt: str = "adamw"    # adamw | sgd (fresh state every generator step)
     inner_lr: float = 1e-3
+    inner_eps_root: float = 1e-9 # inner AdamW's eps_root: its first step is linear in gradients below about sqrt(eps_root)
     reward: str = "dpg"         # dpg | naive (+ langid | levenshtein | embedding for `language`)
     grouping: str = "cross"     # cross: one inner run over all B*G rollouts; inverse: G runs of one rollout per prompt
     advantage: str = "grpo"     # grpo | rloo | none
@@ -226,6 +227,7 @@ def validate(cfg:Config)->Config:
         if getattr(cfg, k) < 1: raise UserError(f"{k} must be positive, got {getattr(cfg, k)}")
     for k in ("inner_lr", "gen_lr", "temperature", "clip", "max_grad_norm"):
         if getattr(cfg, k) <= 0: raise UserError(f"{k} must be positive, got {getattr(cfg, k)}")
+    if cfg.inner_eps_root <= 0: raise UserError(f"inner_eps_root must be positive (at 0 the metagradient through Adam is NaN), got {cfg.inner_eps_root}")
     if cfg.kl_coef < 0: raise UserError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
     if cfg.patch_col0 < -1: raise UserError(f"patch_col0 must be a token id, or -1 for the id of '!', got {cfg.patch_col0}")
     if cfg.threads < 0: raise UserError(f"threads must be >= 0, got {cfg.threads}")
@@ -372,7 +374,7 @@ class Prompts:
 # %% ../nbs/08_loop.ipynb #60276f2e
 def _inner_opt(cfg):
     from dpg_nb.optim import SGD, AdamW
-    return AdamW(lr=cfg.inner_lr) if cfg.inner_opt == "adamw" else SGD(lr=cfg.inner_lr)
+    return AdamW(lr=cfg.inner_lr, eps_root=cfg.inner_eps_root) if cfg.inner_opt == "adamw" else SGD(lr=cfg.inner_lr)
 
 def _usable(rows:torch.Tensor, mask:torch.Tensor, b:int)->tuple:
     "Rows with a counted position, cut to T*b' rows, and b': T = ceil(n/b) inner steps of b' = n // T <= b rows."
