@@ -158,7 +158,7 @@ def search_data(target:torch.nn.Module, # the target at its initial weights
         Z, accs, sc = X[rows], [], 0.
         for b in range(0, n, inner_batch):
             g, = torch.autograd.grad(example_losses(target(Z[b:b + inner_batch]).logits, Z[b:b + inner_batch], mask[:inner_batch]).mean(), W)
-            D = -g[c0:c0 + w, :h].T.float()
+            D = -T.head_patch(g, h, w, col0=c0).float()
             accs.append(T.pixel_accuracy(D, S)); sc += soft(D)
         return min(accs), sc
     def exact(X):                       # the real inner run, as a val row trains
