@@ -12,8 +12,8 @@ from . import loop as L
 from . import targets as T
 
 # %% auto #0
-__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'val_target', 'show_pattern',
-           'sign_rank1', 'search_data']
+__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'timed_runs', 'val_target',
+           'show_pattern', 'sign_rank1', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -79,6 +79,36 @@ def plot_curves(runs:dict, # label -> run folder
     ax.set_xlabel("examples seen"); ax.set_ylabel(("Δ " if relative else "") + f"{key} ({split})")
     ax.grid(alpha=.3); ax.legend(fontsize=8)
     return ax
+
+# %% ../nbs/13_figures.ipynb #c2d3e4f5
+def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`
+               runs:dict, # label -> (folder name under `root`, {key: value} overrides of its command, seed)
+               root:str|Path, # the folder that holds the run folders
+               key:str="pixel_accuracy", # the val rows' field to read
+               budget:float=30., # minutes: the best value within them is reported
+               goal:float=None, # report the first val row reaching it (None: no goal)
+               ax=None, # matplotlib axes for the curves against minutes (None: no plot)
+              )->dict: # label -> `val_timeline` of the run
+    "Long runs read back: each folder's config checked against its command, then its val rows against minutes."
+    root, out = Path(root), {}
+    for lab, (name, ov, seed) in runs.items():
+        d = root / name
+        scale = run_config(d)["scale"]
+        if L.resume_config(d) != L.resolve(experiment, scale, seed, ov):
+            raise ValueError(f"{d} was not run with `dpg run {experiment} --scale {scale} --seed {seed}` and {ov}")
+        marks = out[lab] = val_timeline(d, key)
+        within = [m[1] for m in marks if m[2] <= budget]
+        first = next((m for m in marks if goal is not None and m[1] >= goal), None)
+        print(f"dpg run {experiment} --scale {scale} --seed {seed} " + " ".join(f"{k}={v}" for k, v in ov.items())
+              + f" --out {root.name}/{name}\n    {lab}: {marks[-1][0]} steps in {marks[-1][2]:.1f} min; val "
+              + " ".join(f"{v:.3f}" for _, v, _ in marks) + f"\n    best within {budget:g} min "
+              + (f"{max(within):.3f}" if within else "-") + f"; best overall {max(m[1] for m in marks):.3f}"
+              + ("" if goal is None else f"; first {goal:g} at " + (f"step {first[0]} ({first[2]:.1f} min)" if first else "no row")))
+        if ax is not None: ax.plot([m[2] for m in marks], [m[1] for m in marks], "o-", ms=3, label=lab)
+    if ax is not None:
+        ax.axvline(budget, color="r", lw=.8); ax.set_xlabel("wall time of the run's rows (min)")
+        ax.set_ylabel(f"{key} (val)"); ax.grid(alpha=.3); ax.legend(fontsize=8)
+    return out
 
 # %% ../nbs/13_figures.ipynb #c16f29d6
 def val_target(out:str|Path)->dict:

@@ -54,6 +54,7 @@ class Config:
     val_every: int = 10         # validate every k steps (and at step 0)
     text: str = "dpg"           # qr: what the code says
     patch_col0: int = -1        # qr, sixseven: token id of the patch's first column; -1: the id of "!" in the target's tokenizer (0 without one)
+    strength: float = 20.0      # qr, sixseven: s in Φ = -mean(softplus(-s·S⊙Δ)) (the paper's 20)
     lang: str = "es"            # language: target language
     lang_form: str = "lastword" # language: score the last word of each passage (lastword, as LAMBADA) or every token (whole)
     # --- sizes, models and knobs the scales set
@@ -161,8 +162,8 @@ def patch_col0(cfg:Config, tokenizer=None)->int:
     if len(ids) != 1: raise UserError(f"'!' is not one token in the target's tokenizer ({ids}); set patch_col0")
     return ids[0]
 
-def _qr_metric(cfg, target, tokenizer=None): return T.QRMetric(cfg.text, _head(target), col0=patch_col0(cfg, tokenizer))
-def _sixseven_metric(cfg, target, tokenizer=None): return T.PatternMetric(T.SIXSEVEN, _head(target), col0=patch_col0(cfg, tokenizer))
+def _qr_metric(cfg, target, tokenizer=None): return T.QRMetric(cfg.text, _head(target), s=cfg.strength, col0=patch_col0(cfg, tokenizer))
+def _sixseven_metric(cfg, target, tokenizer=None): return T.PatternMetric(T.SIXSEVEN, _head(target), s=cfg.strength, col0=patch_col0(cfg, tokenizer))
 def _l2_metric(cfg, target): return T.L2Metric()
 def _language_metric(cfg, target, tokenizer=None):
     from dpg_nb.language import language_metric
@@ -172,9 +173,9 @@ def _uuid_metric(cfg, target, tokenizer=None):
     return uuid_metric(cfg, target, tokenizer)
 
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
-                    scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "patch_col0"))
+                    scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "patch_col0", "strength"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
-                    scales={"cpu": dict(steps=80, val_every=20), "paper": dict(steps=3840)}, keys=("patch_col0",))
+                    scales={"cpu": dict(steps=80, val_every=20), "paper": dict(steps=3840)}, keys=("patch_col0", "strength"))
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
                     scales={"cpu": dict(steps=100, val_every=20, inner_opt="sgd", inner_lr=0.1, gen_lr=1e-2),
                             "paper": dict(steps=960)})
@@ -187,7 +188,7 @@ register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UU
                                           gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=360)})
 
 # %% ../nbs/08_loop.ipynb #f98ead19
-_EXP_KEYS = ("text", "lang", "lang_form", "patch_col0")
+_EXP_KEYS = ("text", "lang", "lang_form", "patch_col0", "strength")
 
 def resolve(experiment:str="qr", # a registered experiment
             scale:str="cpu", # cpu | smol | paper
@@ -230,6 +231,7 @@ def validate(cfg:Config)->Config:
     if cfg.inner_eps_root <= 0: raise UserError(f"inner_eps_root must be positive (at 0 the metagradient through Adam is NaN), got {cfg.inner_eps_root}")
     if cfg.kl_coef < 0: raise UserError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
     if cfg.patch_col0 < -1: raise UserError(f"patch_col0 must be a token id, or -1 for the id of '!', got {cfg.patch_col0}")
+    if cfg.strength <= 0: raise UserError(f"strength must be positive, got {cfg.strength}")
     if cfg.threads < 0: raise UserError(f"threads must be >= 0, got {cfg.threads}")
     if not 0 < cfg.top_p <= 1: raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
     for k, ch in CHOICES.items():
