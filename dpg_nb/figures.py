@@ -13,7 +13,7 @@ from . import targets as T
 
 # %% auto #0
 __all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'timed_runs', 'val_target',
-           'show_pattern', 'sign_rank1', 'search_data']
+           'fresh_draws', 'show_pattern', 'sign_rank1', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -103,7 +103,7 @@ def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`
               + f" --out {root.name}/{name}\n    {lab}: {marks[-1][0]} steps in {marks[-1][2]:.1f} min; val "
               + " ".join(f"{v:.3f}" for _, v, _ in marks) + f"\n    best within {budget:g} min "
               + (f"{max(within):.3f}" if within else "-") + f"; best overall {max(m[1] for m in marks):.3f}"
-              + ("" if goal is None else f"; first {goal:g} at " + (f"step {first[0]} ({first[2]:.1f} min)" if first else "no row")))
+              + ("" if goal is None else f"; first {goal:g} at step {first[0]} ({first[2]:.1f} min)" if first else f"; no row reached {goal:g}"))
         if ax is not None: ax.plot([m[2] for m in marks], [m[1] for m in marks], "o-", ms=3, label=lab)
     if ax is not None:
         ax.axvline(budget, color="r", lw=.8); ax.set_xlabel("wall time of the run's rows (min)")
@@ -118,6 +118,22 @@ def val_target(out:str|Path)->dict:
     with torch.no_grad(): phi = float(R.metric(params))
     row = next((r for r in L.read_metrics(out, "val") if r["step"] == step), None)
     return dict(params=params, metric=R.metric, phi=phi, step=step, row=row, config=R.cfg)
+
+# %% ../nbs/13_figures.ipynb #1207949b
+def fresh_draws(out:str|Path, # a pattern run's folder (with `checkpoint.pt`)
+                draws=range(10_000, 10_020), # steps whose val sampling seeds to use, one evaluation each
+               )->dict: # `step` of the checkpoint, `accs` (one per draw), `wrong`: {(row, col): draws it was wrong in}
+    "The evaluation protocol for a run's last generator under `draws`: pixel accuracies and the pixels they get wrong."
+    from collections import Counter
+    R, step = L.Run.open(out)
+    if not hasattr(R.metric, "S"): raise ValueError(f"{out} is not a pattern run (its metric has no target image S)")
+    accs, wrong = [], Counter()
+    for k in draws:
+        D = R.metric.delta(R.eval_params(k)[2]).detach()
+        accs.append(T.pixel_accuracy(D, R.metric.S))
+        wrong.update(map(tuple, (torch.sign(D) != R.metric.S).nonzero().tolist()))
+    return dict(step=step, accs=np.array(accs), wrong=wrong)
+
 
 # %% ../nbs/13_figures.ipynb #313a2fca
 def show_pattern(vt:dict, # what `val_target` returns (a pattern experiment)

@@ -17,16 +17,16 @@ from .models import tiny_lm, require_eager
 # %% auto #0
 __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE',
            'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'patch_col0',
-           'resolve', 'validate', 'build_target', 'build_models', 'select_trainable', 'sft', 'Prompts', 'step_rewards',
-           'step_advantages', 'read_metrics', 'save_checkpoint', 'load_checkpoint', 'load_metric', 'make_metric', 'Run',
-           'run', 'save_generator', 'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'strip_timing',
-           'generator_state']
+           'resolve', 'validate', 'build_target', 'build_models', 'select_trainable', 'sft', 'Prompts', 'gen_lr_at',
+           'step_rewards', 'step_advantages', 'read_metrics', 'save_checkpoint', 'load_checkpoint', 'load_metric',
+           'make_metric', 'Run', 'run', 'save_generator', 'resume_config', 'plot_runs', 'plot_run', 'sample_run',
+           'strip_timing', 'generator_state']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
 TEXT_REWARDS = ("langid", "levenshtein", "embedding")   # the language experiment's baselines: rewards read from the text
 CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive", "langid", "levenshtein", "embedding"), grouping=("cross", "inverse"),
-               advantage=("grpo", "rloo", "none"), adv_scale=("paper", "free"),
+               advantage=("grpo", "rloo", "none"), adv_scale=("paper", "free"), gen_lr_schedule=("constant", "cosine"),
                gen_dtype=("float32", "float64", "bfloat16", "float16"),
                target_dtype=("float32", "float64", "bfloat16", "float16"), lang_form=("lastword", "whole"))
 POSITIVE = ("steps", "prompts_per_step", "samples_per_prompt", "inner_batch", "val_every", "ckpt_every",
@@ -47,10 +47,12 @@ class Config:
     inner_opt: str = "adamw"    # adamw | sgd (fresh state every generator step)
     inner_lr: float = 1e-3
     inner_eps_root: float = 1e-9 # inner AdamW's eps_root: its first step is linear in gradients below about sqrt(eps_root)
+    reward_eps_root: float = -1.0 # rewards only: the eps_root of the inner AdamW the metagradient runs through (a smoothed surrogate; Φ logged and val keep inner_eps_root); -1: inner_eps_root
     reward: str = "dpg"         # dpg | naive (+ langid | levenshtein | embedding for `language`)
     grouping: str = "cross"     # cross: one inner run over all B*G rollouts; inverse: G runs of one rollout per prompt
     advantage: str = "grpo"     # grpo | rloo | none
     gen_lr: float = 3e-3        # generator AdamW learning rate
+    gen_lr_schedule: str = "constant" # constant | cosine: gen_lr·(1+cos(π(t-1)/steps))/2 at step t (a cosine run cannot be extended)
     val_every: int = 10         # validate every k steps (and at step 0)
     text: str = "dpg"           # qr: what the code says
     patch_col0: int = -1        # qr, sixseven: token id of the patch's first column; -1: the id of "!" in the target's tokenizer (0 without one)
@@ -229,6 +231,10 @@ def validate(cfg:Config)->Config:
     for k in ("inner_lr", "gen_lr", "temperature", "clip", "max_grad_norm"):
         if getattr(cfg, k) <= 0: raise UserError(f"{k} must be positive, got {getattr(cfg, k)}")
     if cfg.inner_eps_root <= 0: raise UserError(f"inner_eps_root must be positive (at 0 the metagradient through Adam is NaN), got {cfg.inner_eps_root}")
+    if cfg.reward_eps_root != -1:
+        if cfg.reward_eps_root <= 0: raise UserError(f"reward_eps_root must be positive, or -1 for inner_eps_root, got {cfg.reward_eps_root}")
+        if cfg.reward != "dpg" or cfg.inner_opt != "adamw":
+            raise UserError(f"reward_eps_root applies to reward=dpg with inner_opt=adamw, got reward={cfg.reward} inner_opt={cfg.inner_opt}")
     if cfg.kl_coef < 0: raise UserError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
     if cfg.patch_col0 < -1: raise UserError(f"patch_col0 must be a token id, or -1 for the id of '!', got {cfg.patch_col0}")
     if cfg.strength <= 0: raise UserError(f"strength must be positive, got {cfg.strength}")
@@ -374,9 +380,16 @@ class Prompts:
         return self._encode([self.test_p[i % len(self.test_p)] for i in range(c.val_prompts)])
 
 # %% ../nbs/08_loop.ipynb #60276f2e
-def _inner_opt(cfg):
+def _inner_opt(cfg, rewards:bool=False):
+    "The inner run's optimizer; with `rewards=True`, the one the metagradient differentiates (`reward_eps_root`, if set)."
     from dpg_nb.optim import SGD, AdamW
-    return AdamW(lr=cfg.inner_lr, eps_root=cfg.inner_eps_root) if cfg.inner_opt == "adamw" else SGD(lr=cfg.inner_lr)
+    if cfg.inner_opt == "sgd": return SGD(lr=cfg.inner_lr)
+    return AdamW(lr=cfg.inner_lr, eps_root=cfg.reward_eps_root if rewards and cfg.reward_eps_root > 0 else cfg.inner_eps_root)
+
+def gen_lr_at(cfg:Config, step:int)->float:
+    "The generator's learning rate at step `step` (1 to `cfg.steps`): a pure function of the step, so a resumed run repeats it."
+    if cfg.gen_lr_schedule == "constant": return cfg.gen_lr
+    return cfg.gen_lr * (1 + math.cos(math.pi * (step - 1) / cfg.steps)) / 2
 
 def _usable(rows:torch.Tensor, mask:torch.Tensor, b:int)->tuple:
     "Rows with a counted position, cut to T*b' rows, and b': T = ceil(n/b) inner steps of b' = n // T <= b rows."
@@ -429,7 +442,7 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
             try: r[use] = metric.text_rewards([texts[i] for i in use.tolist()], cfg.reward).double()
             except ValueError as e: raise UserError(str(e)) from None
         else:
-            try: r[use] = rewards(target, x, metric, opt=_inner_opt(cfg), batch_size=bb, loss_mask=m).detach().double().cpu()
+            try: r[use] = rewards(target, x, metric, opt=_inner_opt(cfg, rewards=True), batch_size=bb, loss_mask=m).detach().double().cpu()
             except ValueError as e:                 # the engine refuses non-finite rewards: skip the run's rows, count them
                 if "not finite" not in str(e): raise
                 r[use] = float("inf")
@@ -565,6 +578,8 @@ def _check_resumable(out:Path, cfg:Config):
     now = asdict(cfg)
     default = {f.name: f.default for f in fields(Config)}   # a key added since the run was started: its default
     diff = [k for k in now if k != "steps" and saved.get(k, default.get(k)) != now[k]]
+    if saved.get("steps") != now["steps"] and now["gen_lr_schedule"] != "constant":
+        raise UserError(f"--resume: gen_lr_schedule={now['gen_lr_schedule']} spans the run's {saved.get('steps')} steps; the run cannot be extended")
     if diff:
         raise UserError(f"--resume: {out} was run with a different config ({', '.join(f'{k}={saved.get(k, default.get(k))!r}' for k in diff)}); "
                         "only steps may change")
@@ -653,6 +668,7 @@ class Run:
         A = step_advantages(c, r, ro.group.cpu())
         t2 = time.perf_counter()
         if torch.isfinite(r).sum() >= 2 and bool((A != 0).any()):
+            for g in self.gen_opt.param_groups: g["lr"] = gen_lr_at(c, step)
             st = policy_step(self.gen, self.gen_opt, ro, A.to(self.gdev, torch.float32), minibatch_size=c.minibatch,
                              epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
                              ref_model=self.ref, temperature=c.temperature)
