@@ -103,7 +103,7 @@ def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`
               + f" --out {root.name}/{name}\n    {lab}: {marks[-1][0]} steps in {marks[-1][2]:.1f} min; val "
               + " ".join(f"{v:.3f}" for _, v, _ in marks) + f"\n    best within {budget:g} min "
               + (f"{max(within):.3f}" if within else "-") + f"; best overall {max(m[1] for m in marks):.3f}"
-              + ("" if goal is None else f"; first {goal:g} at step {first[0]} ({first[2]:.1f} min)" if first else f"; no row reached {goal:g}"))
+              + ("" if goal is None else (f"; first {goal:g} at step {first[0]} ({first[2]:.1f} min)" if first else f"; no row reached {goal:g}")))
         if ax is not None: ax.plot([m[2] for m in marks], [m[1] for m in marks], "o-", ms=3, label=lab)
     if ax is not None:
         ax.axvline(budget, color="r", lw=.8); ax.set_xlabel("wall time of the run's rows (min)")
