@@ -685,13 +685,14 @@ class Run:
                    gen_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2, wall_s=t3 - t0)
         return {k: _clean(v) for k, v in row.items()}
 
-    def eval_params(self, step:int)->tuple:
+    def eval_params(self, step:int, k:int=1)->tuple:
         "The evaluation protocol: one rollout per test prompt, a fresh target trained on them. `(ids, mask, params, n_skipped)`."
-        c = self.cfg
+        c = self.cfg     # k > 1: k rollouts per test prompt, k times the rows per inner step (the same number of steps)
+        if not (isinstance(k, int) and k >= 1): raise ValueError(f"k (rollouts per test prompt) must be an int >= 1, got {k!r}")
         ids, mask = self.prompts.val()
-        with torch.no_grad(): ro, x, m = self.rollouts(ids, mask, 1, _mix(c.seed, TAG_VAL, step))
+        with torch.no_grad(): ro, x, m = self.rollouts(ids, mask, k, _mix(c.seed, TAG_VAL, step))
         x, m = x.to(next(self.target.parameters()).device), m.to(next(self.target.parameters()).device).bool()
-        use, bb = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch)
+        use, bb = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch * k)
         if len(use) == 0: raise UserError("empty generations: no validation rollout has a token the target can be trained on")
         return ids, mask, sft(self.target, x[use], _inner_opt(c), bb, m[use]), len(x) - len(use)
 
