@@ -686,8 +686,8 @@ class Run:
         return {k: _clean(v) for k, v in row.items()}
 
     def eval_params(self, step:int, k:int=1)->tuple:
-        "The evaluation protocol: one rollout per test prompt, a fresh target trained on them. `(ids, mask, params, n_skipped)`."
-        c = self.cfg     # k > 1: k rollouts per test prompt, k times the rows per inner step (the same number of steps)
+        "The evaluation protocol: `k` rollouts per test prompt (1: the protocol itself), a fresh target trained on them in as many steps of `k` times the rows. `(ids, mask, params, n_skipped)`."
+        c = self.cfg
         if not (isinstance(k, int) and k >= 1): raise ValueError(f"k (rollouts per test prompt) must be an int >= 1, got {k!r}")
         ids, mask = self.prompts.val()
         with torch.no_grad(): ro, x, m = self.rollouts(ids, mask, k, _mix(c.seed, TAG_VAL, step))
