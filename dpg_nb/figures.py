@@ -13,7 +13,7 @@ from . import targets as T
 
 # %% auto #0
 __all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'timed_runs', 'val_target',
-           'fresh_draws', 'show_pattern', 'sign_rank1', 'search_data']
+           'fresh_draws', 'token_shares', 'show_pattern', 'sign_rank1', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -135,6 +135,19 @@ def fresh_draws(out:str|Path, # a pattern run's folder (with `checkpoint.pt`)
         wrong.update(map(tuple, (torch.sign(D) != R.metric.S).nonzero().tolist()))
     return dict(step=step, accs=np.array(accs), wrong=wrong)
 
+
+# %% ../nbs/13_figures.ipynb #fc09fbfb
+def token_shares(out:str|Path, # a run's folder (with `checkpoint.pt`)
+                 G:int=4, # rollouts per train prompt
+                 seed:int=12345, # the sampling seed
+                )->torch.Tensor: # `[V]` (V: the target's vocabulary): each token id's share of the response tokens
+    "How often the generator in a run's `checkpoint.pt` writes each token: one step's rollouts, as the target trains on them."
+    R, step = L.Run.open(out)
+    ids, mask = R.prompts.train(step + 1)
+    _, x, m = R.rollouts(ids, mask, G, seed)
+    V = R.target.get_output_embeddings().weight.shape[0]
+    cnt = torch.bincount(x[m.bool()].flatten().cpu(), minlength=V).double()
+    return cnt / cnt.sum()
 
 # %% ../nbs/13_figures.ipynb #313a2fca
 def show_pattern(vt:dict, # what `val_target` returns (a pattern experiment)
