@@ -146,7 +146,8 @@ def token_shares(out:str|Path, # a run's folder (with `checkpoint.pt`)
     ids, mask = R.prompts.train(step + 1)
     _, x, m = R.rollouts(ids, mask, G, seed)
     V = R.target.get_output_embeddings().weight.shape[0]
-    cnt = torch.bincount(x[m.bool()].flatten().cpu(), minlength=V).double()
+    cnt = torch.bincount(x[m.bool()].cpu(), minlength=V).double()
+    if cnt.sum() == 0: raise ValueError(f"{out}: the generator's rollouts hold no response tokens to count")
     return cnt / cnt.sum()
 
 # %% ../nbs/13_figures.ipynb #313a2fca
