@@ -13,7 +13,7 @@ from . import targets as T
 
 # %% auto #0
 __all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'timed_runs', 'val_target',
-           'fresh_draws', 'token_shares', 'show_pattern', 'sign_rank1', 'search_data']
+           'fresh_draws', 'token_counts', 'token_shares', 'show_pattern', 'sign_rank1', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -137,18 +137,32 @@ def fresh_draws(out:str|Path, # a pattern run's folder (with `checkpoint.pt`)
 
 
 # %% ../nbs/13_figures.ipynb #fc09fbfb
-def token_shares(out:str|Path, # a run's folder (with `checkpoint.pt`)
+def token_counts(run:str|Path|L.Run, # a run's folder (its `checkpoint.pt` generator) or an open `Run` (its generator as it is)
                  G:int=4, # rollouts per train prompt
-                 seed:int=12345, # the sampling seed
-                )->torch.Tensor: # `[V]` (V: the target's vocabulary): each token id's share of the response tokens
-    "How often the generator in a run's `checkpoint.pt` writes each token: one step's rollouts, as the target trains on them."
-    R, step = L.Run.open(out)
-    ids, mask = R.prompts.train(step + 1)
-    _, x, m = R.rollouts(ids, mask, G, seed)
+                 seed:int=12345, # the sampling seed of the first step; step t of n uses `seed + t`
+                 steps:int=1, # how many steps' rollouts to count
+                 first:int|None=None, # the train prompts of step `first + t`; None: the step after the checkpoint's (0 for a `Run`)
+                 temperature:float|None=None, # None: the run's own
+                )->torch.Tensor: # `[V]` float64 (V: the target's vocabulary): how often each token id occurs
+    "How often a run's generator writes each token: `steps` steps' rollouts, as the target trains on them."
+    R, step = (run, -1) if isinstance(run, L.Run) else L.Run.open(run)
+    first = step + 1 if first is None else first
     V = R.target.get_output_embeddings().weight.shape[0]
-    cnt = torch.bincount(x[m.bool()].cpu(), minlength=V).double()
-    if cnt.sum() == 0: raise ValueError(f"{out}: the generator's rollouts hold no response tokens to count")
+    cnt = torch.zeros(V, dtype=torch.float64)
+    for t in range(steps):
+        ids, mask = R.prompts.train(first + t)
+        with torch.no_grad(): _, x, m = R.rollouts(ids, mask, G, seed + t, temperature)
+        cnt += torch.bincount(x[m.bool()].cpu(), minlength=V).double()
+    return cnt
+
+def token_shares(run:str|Path|L.Run, # as for `token_counts`
+                 **kw, # `token_counts`'s G, seed, steps, first, temperature
+                )->torch.Tensor: # `[V]`: each token id's share of the response tokens
+    "Each token's share of the response tokens a run's generator writes (`token_counts` over their total)."
+    cnt = token_counts(run, **kw)
+    if cnt.sum() == 0: raise ValueError(f"{run}: the generator's rollouts hold no response tokens to count")
     return cnt / cnt.sum()
+
 
 # %% ../nbs/13_figures.ipynb #313a2fca
 def show_pattern(vt:dict, # what `val_target` returns (a pattern experiment)

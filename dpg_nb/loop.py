@@ -646,11 +646,12 @@ class Run:
                         eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok, generator=torch.Generator(device=self.gdev).manual_seed(0))
         return _texts(ro)
 
-    def rollouts(self, ids, mask, G, seed):
+    def rollouts(self, ids, mask, G, seed, temperature=None):
         from dpg_nb.rollouts import sample, for_target
         c = self.cfg
         g = torch.Generator(device=self.gdev).manual_seed(seed)
-        ro = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), G, c.max_new_tokens, temperature=c.temperature,
+        ro = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), G, c.max_new_tokens,
+                    temperature=c.temperature if temperature is None else temperature,
                     top_p=c.top_p, eos_id=self.eos, pad_id=self.pad, generator=g, tokenizer=self.gtok)
         with warnings.catch_warnings():     # empty rows are counted in metrics.jsonl, not warned about
             warnings.simplefilter("ignore")
