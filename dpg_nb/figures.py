@@ -13,7 +13,8 @@ from . import targets as T
 
 # %% auto #0
 __all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'timed_runs', 'val_target',
-           'fresh_draws', 'token_counts', 'token_shares', 'show_pattern', 'sign_rank1', 'search_data']
+           'fresh_draws', 'paired_draws', 'token_counts', 'token_shares', 'reward_oracle', 'show_pattern', 'sign_rank1',
+           'tied_ceiling', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -136,6 +137,24 @@ def fresh_draws(out:str|Path, # a pattern run's folder (with `checkpoint.pt`)
     return dict(step=step, accs=np.array(accs), wrong=wrong)
 
 
+# %% ../nbs/13_figures.ipynb #016cab3f
+def paired_draws(out:str|Path, # a run's folder (with `checkpoint.pt`)
+                 draws=range(10_000, 10_004), # steps whose val sampling seeds to use (ones no `val` row used)
+                 key:str="phi", # `phi`, or a readable field of the `val` rows (`pixel_accuracy`, `lm_head_norm`, `eval_ce`)
+                )->dict: # `step` of the checkpoint; `base`, `final`, `change` = final − base: one value per draw
+    "The evaluation protocol for the base generator and a run's last one, under the same draws of the val rollouts."
+    R, _ = L.Run.open(out, load=False)
+    def read(d):
+        P = R.eval_params(d)[2]
+        with torch.no_grad(): v = R.metric(P) if key == "phi" else R.metric.readable(P).get(key) if hasattr(R.metric, "readable") else None
+        if v is None: raise ValueError(f"{out}: the metric has no readable field {key!r}")
+        return float(v)
+    base = np.array([read(d) for d in draws])
+    step = R.load_generator()
+    final = np.array([read(d) for d in draws])
+    return dict(step=step, base=base, final=final, change=final - base)
+
+
 # %% ../nbs/13_figures.ipynb #fc09fbfb
 def token_counts(run:str|Path|L.Run, # a run's folder (its `checkpoint.pt` generator) or an open `Run` (its generator as it is)
                  G:int=4, # rollouts per train prompt
@@ -162,6 +181,32 @@ def token_shares(run:str|Path|L.Run, # as for `token_counts`
     cnt = token_counts(run, **kw)
     if cnt.sum() == 0: raise ValueError(f"{run}: the generator's rollouts hold no response tokens to count")
     return cnt / cnt.sum()
+
+
+# %% ../nbs/13_figures.ipynb #92a46eaa
+def reward_oracle(R:L.Run, # an open run: its generator as it stands (`Run.open(out, load=False)`: the base one), target, metric, config
+                  eps_roots:dict, # label -> the rewards' `reward_eps_root` (-1: the exact reward)
+                  step:int=10_000, # the train prompts of this step (one no run reaches)
+                  seed:int=20_000, # the rollouts' sampling seed
+                 )->dict: # `e`: [N] drop-one effects; per label: `r` [N] rewards, `all` and `within` their Spearman with `e`
+    "One step's rollouts, their rewards under each `reward_eps_root`, and how each ranks the rows against dropping them."
+    import dataclasses
+    from dpg_nb.metagrad import drop_one, spearman
+    c = R.cfg
+    if c.reward != "dpg" or c.grouping != "cross":
+        raise ValueError(f"reward_oracle needs reward=dpg grouping=cross (one inner run over the step), got {c.reward}, {c.grouping}")
+    ids, mask = R.prompts.train(step)
+    with torch.no_grad(): _, x, m = R.rollouts(ids, mask, c.samples_per_prompt, seed)
+    m = m.bool()
+    if not bool(m[:, 1:].any(1).all()):
+        raise ValueError("a rollout has no token to train on, so the inner run is not all rows in order; try another seed")
+    dev = next(R.target.parameters()).device
+    e = drop_one(R.target, x.to(dev), R.metric, L._inner_opt(c), c.inner_batch, m.to(dev)).numpy()
+    out = dict(e=e)
+    for lab, er in eps_roots.items():
+        r = L.step_rewards(L.validate(dataclasses.replace(c, reward_eps_root=float(er))), R.target, R.metric, x, m)["rewards"].numpy()
+        out[lab] = dict(r=r, all=spearman(r, e), within=spearman(r, e, group=c.samples_per_prompt))
+    return out
 
 
 # %% ../nbs/13_figures.ipynb #313a2fca
@@ -202,6 +247,20 @@ def sign_rank1(S, # `[h, w]` matrix in {-1, +1} (h <= 24: all 2^h row signs are 
     b = np.where(a @ S >= 0, 1, -1)
     acc = float((np.outer(a, b) == S).mean())
     return acc, a, b
+
+# %% ../nbs/13_figures.ipynb #f8aea625
+def tied_ceiling(S, # `[h, w]` target in {-1, +1}
+                 tied:list, # columns that must share one sign pattern (tokens the data never hold)
+                )->float: # the best pixel accuracy with those columns tied and the others free
+    "The best pixel accuracy when the columns `tied` must share one sign pattern and every other column is free."
+    S = torch.as_tensor(S).detach().cpu()
+    if S.ndim != 2 or not bool(((S == 1) | (S == -1)).all()): raise ValueError("S must be a 2-d matrix of -1 and +1")
+    tied = sorted(set(int(j) for j in tied))
+    if any(not 0 <= j < S.shape[1] for j in tied): raise ValueError(f"tied columns must lie in 0..{S.shape[1] - 1}, got {tied}")
+    U = S[:, tied]
+    best = int(torch.maximum((U == 1).sum(1), (U == -1).sum(1)).sum())   # each row's majority sign over the tied columns
+    return (best + S.shape[0] * (S.shape[1] - len(tied))) / S.numel()
+
 
 # %% ../nbs/13_figures.ipynb #srch0002
 def search_data(target:torch.nn.Module, # the target at its initial weights

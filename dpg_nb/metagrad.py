@@ -5,12 +5,13 @@
 # %% ../nbs/02_metagrad.ipynb #a64f723a
 from __future__ import annotations
 import os, shutil, tempfile
+import numpy as np
 import torch, torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 # %% auto #0
-__all__ = ['example_losses', 'train', 'opt_vjp', 'rewards']
+__all__ = ['example_losses', 'train', 'opt_vjp', 'rewards', 'drop_one', 'spearman']
 
 # %% ../nbs/02_metagrad.ipynb #00e0d9a4
 def _logits(out):
@@ -326,3 +327,49 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
             if err is None: raise
             raise err from e
     return _check_finite(r, opt).to(dtype=tgt.dtype, device=input_ids.device)
+
+# %% ../nbs/02_metagrad.ipynb #9b8162b1
+def drop_one(model:nn.Module,        # the target, as for `rewards`
+             input_ids:Tensor,       # [n, L] LongTensor; step t trains on rows t*b .. t*b+b-1
+             metric,                 # metric(params) -> scalar Tensor, higher is better
+             opt,                    # `dpg_nb.optim.SGD` / `AdamW`
+             batch_size:int,         # b, rows per inner step
+             loss_mask:Tensor=None,  # [n, L] BoolTensor, as for `rewards`
+             *, microbatch_size:int=None, device=None,
+             progress:bool=False,    # show a progress bar over the n retrainings
+            )->Tensor:               # [n] float64: $e_i = \Phi(\mathcal A(\mathbf 1)) - \Phi(\mathcal A(w_i = 0))$
+    "The finite oracle of `rewards`: the change of Φ when each row in turn is left out of the inner run (n + 1 runs)."
+    if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
+    def phi(w):
+        P = train(model, input_ids, opt, batch_size, loss_mask, w, microbatch_size=microbatch_size, device=device)
+        with torch.no_grad(): v = metric(P)
+        if not isinstance(v, Tensor) or v.numel() != 1: raise TypeError("metric(params) must return a scalar Tensor")
+        return float(v)
+    full = phi(None)                                  # `train` validates the data first
+    n = input_ids.shape[0]
+    rows = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+        rows = tqdm(rows, desc="drop one")
+    return torch.tensor([full - phi((torch.arange(n) != i).double()) for i in rows], dtype=torch.float64)
+
+def _ranks(v:np.ndarray)->np.ndarray:
+    "Ranks 0..n-1, ties given their mean rank."
+    r = np.empty(len(v)); r[v.argsort(kind="stable")] = np.arange(len(v))
+    _, inv, cnt = np.unique(v, return_inverse=True, return_counts=True)
+    return (np.bincount(inv, r) / cnt)[inv]
+
+def spearman(a, b, # two [n] score vectors (tensors or arrays)
+             group:int=None, # centre each within consecutive groups of this many rows first (GRPO's comparison)
+            )->float: # Spearman's rank correlation
+    "Rank correlation of two scores of the same rows, over all rows or within groups."
+    a, b = (np.asarray(torch.as_tensor(v).detach().cpu(), dtype=np.float64).ravel() for v in (a, b))
+    if a.shape != b.shape or len(a) < 2: raise ValueError(f"a and b must be [n] with the same n >= 2, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()): raise ValueError("scores must be finite")
+    if group is not None:
+        if group < 2 or len(a) % group: raise ValueError(f"group={group} must be >= 2 and divide n={len(a)}")
+        a, b = ((v.reshape(-1, group) - v.reshape(-1, group).mean(1, keepdims=True)).ravel() for v in (a, b))
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0: raise ValueError("a constant score has no ranking")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
