@@ -13,8 +13,8 @@ from . import targets as T
 
 # %% auto #0
 __all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'timed_runs', 'val_target',
-           'fresh_draws', 'paired_draws', 'token_counts', 'token_shares', 'reward_oracle', 'show_pattern', 'sign_rank1',
-           'tied_ceiling', 'search_data']
+           'fresh_draws', 'paired_draws', 'token_counts', 'token_shares', 'reward_oracle', 'show_oracle',
+           'show_pattern', 'sign_rank1', 'tied_ceiling', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -146,7 +146,9 @@ def paired_draws(out:str|Path, # a run's folder (with `checkpoint.pt`)
     R, _ = L.Run.open(out, load=False)
     def read(d):
         P = R.eval_params(d)[2]
-        with torch.no_grad(): v = R.metric(P) if key == "phi" else R.metric.readable(P).get(key) if hasattr(R.metric, "readable") else None
+        if key == "phi":
+            with torch.no_grad(): v = R.metric(P)
+        else: v = L._readable(R.metric, P).get(key)           # the val rows' own readable fields
         if v is None: raise ValueError(f"{out}: the metric has no readable field {key!r}")
         return float(v)
     base = np.array([read(d) for d in draws])
@@ -184,14 +186,16 @@ def token_shares(run:str|Path|L.Run, # as for `token_counts`
 
 
 # %% ../nbs/13_figures.ipynb #92a46eaa
-def reward_oracle(R:L.Run, # an open run: its generator as it stands (`Run.open(out, load=False)`: the base one), target, metric, config
-                  eps_roots:dict, # label -> the rewards' `reward_eps_root` (-1: the exact reward)
+def reward_oracle(run:L.Run|L.Config, # an open run (its generator as it stands; `Run.open(out, load=False)`: the base one), or a config: its base models
+                  eps_roots:dict={"exact": -1, "reward_eps_root 1e-3": 1e-3}, # label -> the rewards' `reward_eps_root` (-1: the exact reward)
                   step:int=10_000, # the train prompts of this step (one no run reaches)
                   seed:int=20_000, # the rollouts' sampling seed
-                 )->dict: # `e`: [N] drop-one effects; per label: `r` [N] rewards, `all` and `within` their Spearman with `e`
+                 )->dict: # `e`: [N] drop-one effects; per label: `r` [N] rewards, `all` and `within` their Spearman with `e`; `seconds`
     "One step's rollouts, their rewards under each `reward_eps_root`, and how each ranks the rows against dropping them."
-    import dataclasses
+    import dataclasses, tempfile, time
     from dpg_nb.metagrad import drop_one, spearman
+    t0 = time.perf_counter()
+    R = run if isinstance(run, L.Run) else L.Run(run, Path(tempfile.mkdtemp()), resume=False)
     c = R.cfg
     if c.reward != "dpg" or c.grouping != "cross":
         raise ValueError(f"reward_oracle needs reward=dpg grouping=cross (one inner run over the step), got {c.reward}, {c.grouping}")
@@ -206,7 +210,18 @@ def reward_oracle(R:L.Run, # an open run: its generator as it stands (`Run.open(
     for lab, er in eps_roots.items():
         r = L.step_rewards(L.validate(dataclasses.replace(c, reward_eps_root=float(er))), R.target, R.metric, x, m)["rewards"].numpy()
         out[lab] = dict(r=r, all=spearman(r, e), within=spearman(r, e, group=c.samples_per_prompt))
+    out["seconds"] = time.perf_counter() - t0
     return out
+
+def show_oracle(o:dict, # what `reward_oracle` returns
+                label:str, # what was checked
+               ):
+    "Print a `reward_oracle` result: the drop-one effects, then each reward's rank agreement with them."
+    e = o["e"]
+    print(f"{label}: drop-one effects e_i: mean {e.mean():+.1e}, std {e.std():.1e}; {(e > 0).sum()} of {len(e)} rows raise Φ ({o['seconds']:.0f} s)")
+    for k, v in o.items():
+        if isinstance(v, dict):
+            print(f"  {k:>22}: Spearman with e over {len(e)} rows {v['all']:+.2f}; within prompt groups {v['within']:+.2f}; reward std {v['r'].std():.1e}")
 
 
 # %% ../nbs/13_figures.ipynb #313a2fca
