@@ -18,15 +18,15 @@ from .models import tiny_lm, require_eager
 __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE',
            'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'patch_col0',
            'resolve', 'validate', 'build_target', 'build_models', 'select_trainable', 'sft', 'Prompts', 'gen_lr_at',
-           'step_rewards', 'step_advantages', 'read_metrics', 'save_checkpoint', 'load_checkpoint', 'load_metric',
-           'make_metric', 'Run', 'run', 'save_generator', 'resume_config', 'plot_runs', 'plot_run', 'sample_run',
-           'strip_timing', 'generator_state']
+           'step_rewards', 'response_rewards_to_go', 'step_advantages', 'read_metrics', 'save_checkpoint',
+           'load_checkpoint', 'load_metric', 'make_metric', 'Run', 'run', 'save_generator', 'resume_config',
+           'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
 TEXT_REWARDS = ("langid", "levenshtein", "embedding")   # the language experiment's baselines: rewards read from the text
 CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive", "langid", "levenshtein", "embedding"), grouping=("cross", "inverse"),
-               advantage=("grpo", "rloo", "none"), adv_scale=("paper", "free"), gen_lr_schedule=("constant", "cosine"),
+               advantage=("grpo", "rloo", "none"), credit=("row", "token"), adv_scale=("paper", "free"), gen_lr_schedule=("constant", "cosine"),
                gen_dtype=("float32", "float64", "bfloat16", "float16"),
                target_dtype=("float32", "float64", "bfloat16", "float16"), lang_form=("lastword", "whole"))
 POSITIVE = ("steps", "prompts_per_step", "samples_per_prompt", "inner_batch", "val_every", "ckpt_every",
@@ -51,6 +51,7 @@ class Config:
     reward: str = "dpg"         # dpg | naive (+ langid | levenshtein | embedding for `language`)
     grouping: str = "cross"     # cross: one inner run over all B*G rollouts; inverse: G runs of one rollout per prompt
     advantage: str = "grpo"     # grpo | rloo | none
+    credit: str = "row"         # row: every token of a rollout gets its advantage (the paper); token: each its reward-to-go (cpu scale)
     gen_lr: float = 3e-3        # generator AdamW learning rate
     gen_lr_schedule: str = "constant" # constant | cosine: gen_lr·(1+cos(π(t-1)/steps))/2 at step t (a cosine run cannot be extended)
     val_every: int = 10         # validate every k steps (and at step 0)
@@ -246,6 +247,8 @@ def validate(cfg:Config)->Config:
         raise UserError(f"lang must be one of es|fr|de|it, got {cfg.lang!r}")
     if cfg.reward in TEXT_REWARDS and cfg.experiment != "language":
         raise UserError(f"reward={cfg.reward} is a baseline of the language experiment; {cfg.experiment!r} takes dpg or naive")
+    if cfg.credit == "token" and cfg.reward != "dpg":
+        raise UserError(f"credit=token splits the DPG metagradient over a rollout's tokens: it needs reward=dpg, got reward={cfg.reward}")
     if cfg.reward == "naive" and cfg.grouping != "cross":
         raise UserError("grouping applies to reward=dpg; the naive baseline always makes G datasets of one rollout per prompt")
     if cfg.samples_per_prompt < 2 and (cfg.advantage != "none" or cfg.reward == "naive"):
@@ -423,6 +426,8 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
     dev = next(target.parameters()).device
     ids, mask = ids.to(dev), mask.to(dev).bool()
     r = torch.full((N,), float("nan"), dtype=torch.float64)
+    per_token = cfg.credit == "token"
+    tok = torch.full(tuple(ids.shape), float("nan"), dtype=torch.float64) if per_token else None
     if cfg.reward in TEXT_REWARDS or (cfg.reward == "dpg" and cfg.grouping == "cross"): runs = [torch.arange(N)]
     else: runs = [torch.arange(k, N, G) for k in range(G)]   # one rollout per prompt: rows j*G + k
     phis, reads, last = [], [], None
@@ -442,7 +447,11 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
             try: r[use] = metric.text_rewards([texts[i] for i in use.tolist()], cfg.reward).double()
             except ValueError as e: raise UserError(str(e)) from None
         else:
-            try: r[use] = rewards(target, x, metric, opt=_inner_opt(cfg, rewards=True), batch_size=bb, loss_mask=m).detach().double().cpu()
+            try:
+                rt = rewards(target, x, metric, opt=_inner_opt(cfg, rewards=True), batch_size=bb, loss_mask=m,
+                             per_token=per_token).detach().double().cpu()
+                if per_token: tok[use], rt = rt, rt.sum(1)
+                r[use] = rt
             except ValueError as e:                 # the engine refuses non-finite rewards: skip the run's rows, count them
                 if "not finite" not in str(e): raise
                 r[use] = float("inf")
@@ -451,14 +460,35 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
                         f"({n_empty} of {N} are empty)")
     n_nonfinite = int((got & ~torch.isfinite(r)).sum())
     r[~torch.isfinite(r)] = float("nan")
-    return dict(rewards=r, phi=float(np.mean(phis)), readable=_mean_readable(reads), params=last,
+    if per_token: tok[~torch.isfinite(r)] = float("nan")
+    return dict(rewards=r, token_rewards=tok, phi=float(np.mean(phis)), readable=_mean_readable(reads), params=last,
                 n_empty=n_empty, n_skipped=int((~got).sum()), n_nonfinite=n_nonfinite, n_runs=len(phis))
 
+def response_rewards_to_go(ro,                  # the step's `Rollouts`
+                           x:torch.Tensor,      # [N, L] the target rows made of them
+                           m:torch.Tensor,      # [N, L] their loss mask
+                           tok:torch.Tensor,    # [N, L] token rewards of those rows (NaN rows: no reward)
+                          )->torch.Tensor:      # [N, R] float64: each response token's reward-to-go (NaN rows stay NaN)
+    "Token rewards-to-go placed on the response tokens they belong to; the target rows must be the responses' own tokens."
+    from dpg_nb.policy import rewards_to_go
+    ids, keep = ro.response_ids.cpu(), ro.response_mask.cpu()
+    out = torch.zeros(ids.shape, dtype=torch.float64)
+    Rt = rewards_to_go(tok.double())
+    for i in range(len(ids)):
+        pos = keep[i].nonzero().flatten()
+        n = int(m[i, 1:].sum()) + 1 if bool(m[i, 1:].any()) else 0
+        if n > len(pos) or not torch.equal(x[i, :n].cpu(), ids[i, pos[:n]]):
+            raise UserError("credit=token needs target rows that are the generator's own tokens, position for position "
+                            f"(the cpu scale); row {i} differs (re-tokenized or filtered)")
+        out[i, pos[:n]] = Rt[i, :n]
+        if not bool(torch.isfinite(Rt[i, :n]).all()): out[i] = float("nan")
+    return out
+
 def step_advantages(cfg:Config, r:torch.Tensor, group:torch.Tensor)->torch.Tensor:
-    "Advantages for finite rewards (per prompt group; over the whole batch for the naive baseline); 0 elsewhere."
+    "Advantages for finite rewards [N] (or rewards-to-go [N, R]) per prompt group (the whole batch for the naive baseline); 0 elsewhere."
     from dpg_nb.policy import advantages
     A = torch.zeros_like(r)
-    ok = torch.isfinite(r)
+    ok = torch.isfinite(r).reshape(len(r), -1).all(1)
     if ok.sum() < 2: return A
     grp = torch.zeros_like(group) if cfg.reward == "naive" else group
     a = advantages(r[ok], grp[ok], kind=cfg.advantage, scale=cfg.adv_scale)
@@ -608,6 +638,9 @@ class Run:
         self.cfg, self.out = cfg, out
         self.gen, self.gtok, self.target, self.ttok = build_models(cfg)
         self.metric = make_metric(cfg, self.target, self.ttok)
+        if cfg.credit == "token" and (self.gtok is not None or self.ttok is not None):
+            raise UserError("credit=token needs the target to train on the generator's own token ids (the cpu scale); "
+                            f"this {cfg.scale} run re-tokenizes the generations")
         self.prompts = Prompts(cfg, self.gtok)
         params = list(_trainable(self.gen).values())
         if not params: raise UserError("gen_train leaves no generator parameter to train")
@@ -666,7 +699,8 @@ class Run:
         t1 = time.perf_counter()
         res = step_rewards(c, self.target, self.metric, x, m, texts=ro.texts)
         r = res["rewards"]
-        A = step_advantages(c, r, ro.group.cpu())
+        if c.credit == "token": A = step_advantages(c, response_rewards_to_go(ro, x, m, res["token_rewards"]), ro.group.cpu())
+        else: A = step_advantages(c, r, ro.group.cpu())
         t2 = time.perf_counter()
         if torch.isfinite(r).sum() >= 2 and bool((A != 0).any()):
             for g in self.gen_opt.param_groups: g["lr"] = gen_lr_at(c, step)

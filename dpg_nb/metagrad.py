@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 # %% auto #0
-__all__ = ['example_losses', 'train', 'opt_vjp', 'rewards', 'drop_one', 'spearman']
+__all__ = ['token_losses', 'example_losses', 'train', 'opt_vjp', 'rewards', 'drop_one', 'spearman']
 
 # %% ../nbs/02_metagrad.ipynb #00e0d9a4
 def _logits(out):
@@ -22,6 +22,16 @@ def _logits(out):
         raise TypeError(f"the model must return logits [b, L, V] (a tensor or an output with .logits), got {type(out).__name__}"
                         + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else ""))
     return x
+
+def token_losses(logits:Tensor,    # [b, L, V] next-token logits
+                 input_ids:Tensor, # [b, L] tokens
+                 loss_mask:Tensor, # [b, L] bool, as for `example_losses`
+                )->Tensor:         # [b, L] the terms $\ell_{i,t}$; column 0 and uncounted positions 0
+    "$\\ell_{i,t}$: position $t$'s term of $\\ell_i$, $-\\log p(x_t \\mid x_{<t}) / |C_i|$ where counted, so $\\ell_i = \\sum_t \\ell_{i,t}$."
+    b, L, V = logits.shape
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), input_ids[:, 1:].reshape(-1), reduction="none").view(b, L - 1)
+    m = loss_mask[:, 1:].to(nll.dtype)
+    return F.pad(nll * m / m.sum(1, keepdim=True), (1, 0))
 
 def example_losses(logits:Tensor,    # [b, L, V] next-token logits
                    input_ids:Tensor, # [b, L] tokens
@@ -65,17 +75,26 @@ class _Target:
         "Every parameter name (tied ones too) mapped to its tensor: trained ones from `P`, the rest fixed."
         return {k: (P[c] if c in P else self.fixed[c]) for k, c in self.canon.items()}
 
+    def logits(self, P:dict, ids:Tensor)->Tensor:
+        "Logits [b, L, V] of the model with trained tensors `P`."
+        out = functional_call(self.model, {**self.buffers, **self.full(P)}, (ids,), self.kwargs, tie_weights=False, strict=False)
+        return _logits(out)
+
     def losses(self, P:dict, ids:Tensor, mask:Tensor)->Tensor:
         "Per-example losses [b] of the model with trained tensors `P`."
-        out = functional_call(self.model, {**self.buffers, **self.full(P)}, (ids,), self.kwargs, tie_weights=False, strict=False)
-        return example_losses(_logits(out), ids, mask)
+        return example_losses(self.logits(P, ids), ids, mask)
+
+    def weighted(self, P:dict, ids:Tensor, mask:Tensor, w:Tensor)->Tensor:
+        "$\\sum_i w_i\\ell_i$ for row weights `w` [b], or $\\sum_{i,t} w_{i,t}\\ell_{i,t}$ for token weights [b, L]."
+        if w.dim() == 2: return (w * token_losses(self.logits(P, ids), ids, mask)).sum()
+        return (w * self.losses(P, ids, mask)).sum()
 
     def grad(self, P:dict, ids, mask, w, b:int, mb:int=None, create_graph=False)->dict:
-        "$g = \\nabla_\\phi \\frac1b\\sum_i w_i\\ell_i$ over the rows given, summed over microbatches of `mb` rows."
+        "$g = \\nabla_\\phi \\frac1b\\sum_i w_i\\ell_i$ (or with token weights) over the rows given, summed over microbatches of `mb` rows."
         n, G = ids.shape[0], None
         for s in range(0, n, mb or n):
             e = min(n, s + (mb or n))
-            loss = (w[s:e] * self.losses(P, ids[s:e], mask[s:e])).sum() / b
+            loss = self.weighted(P, ids[s:e], mask[s:e], w[s:e]) / b
             gs = torch.autograd.grad(loss, [P[k] for k in self.trained], create_graph=create_graph, allow_unused=True)
             gs = [torch.zeros_like(P[k]) if g is None else g for k, g in zip(self.trained, gs)]
             G = gs if G is None else [a + c for a, c in zip(G, gs)]
@@ -146,7 +165,7 @@ def train(model:nn.Module,         # the target; its own parameters are not modi
           opt,                     # `dpg_nb.optim.SGD` / `AdamW` (or any pure optimizer)
           batch_size:int,          # b, rows per step; T = n / b
           loss_mask:Tensor=None,   # [n, L] BoolTensor; default every position >= 1
-          weights:Tensor=None,     # [n] virtual example weights w (default 1)
+          weights:Tensor=None,     # [n] virtual example weights w, or [n, L] token weights (default 1)
           *, microbatch_size:int=None, # rows per forward pass (memory only; same result)
           device=None,             # where to train (default: the model's device)
          )->dict:                  # $\phi_T$ keyed like `named_parameters(remove_duplicate=False)`
@@ -156,7 +175,7 @@ def train(model:nn.Module,         # the target; its own parameters are not modi
     ids, mask, T = _check_data(input_ids, loss_mask, batch_size, microbatch_size, _vocab(model))
     ids, mask, b = ids.to(tgt.device), mask.to(tgt.device), batch_size
     w = torch.ones(ids.shape[0], dtype=tgt.dtype, device=tgt.device) if weights is None else weights.detach().to(tgt.device, tgt.dtype)
-    if w.shape != (ids.shape[0],): raise ValueError(f"weights must have shape [{ids.shape[0]}], got {tuple(w.shape)}")
+    if w.shape not in (ids.shape[:1], ids.shape): raise ValueError(f"weights must have shape [{ids.shape[0]}] or {list(ids.shape)}, got {tuple(w.shape)}")
     with _eval_mode(model): P = _sft(tgt, ids, mask, w, opt, b, T, microbatch_size)
     return {k: v.detach() for k, v in tgt.full(P).items()}
 
@@ -183,17 +202,16 @@ def _double_backward_error(e):
 
 def _check_finite(r, opt):
     if not bool(torch.isfinite(r).all()):
-        bad = (~torch.isfinite(r)).nonzero().flatten().tolist()
+        bad = (~torch.isfinite(r)).reshape(len(r), -1).any(1).nonzero().flatten().tolist()
         hint = (" With AdamW, eps_root=0 makes the square root non-differentiable where a second moment is 0: use eps_root > 0."
                 if getattr(opt, "eps_root", None) == 0 else "")
         raise ValueError(f"rewards are not finite (NaN/inf) for rows {bad[:10]}.{hint}")
     return r
 
 # %% ../nbs/02_metagrad.ipynb #c6d1721a
-def _unroll(tgt, ids, mask, metric, opt, b, T, mb):
+def _unroll(tgt, ids, mask, metric, opt, b, T, mb, per_token=False):
     "The oracle: one autograd graph through all T steps (create_graph), differentiated w.r.t. w at w = 1."
-    n = ids.shape[0]
-    w = torch.ones(n, dtype=tgt.dtype, device=tgt.device, requires_grad=True)
+    w = torch.ones(ids.shape if per_token else ids.shape[:1], dtype=tgt.dtype, device=tgt.device, requires_grad=True)
     P = {k: v.clone().requires_grad_() for k, v in tgt.phi0.items()}
     S = opt.init({k: v.detach() for k, v in P.items()})
     for t in range(T):
@@ -246,11 +264,11 @@ def opt_vjp(opt,               # the optimizer
     return dict(zip(Pl, res[:K])), dict(zip(gl, res[K:2 * K])), dict(zip(Sl, res[2 * K:]))
 
 # %% ../nbs/02_metagrad.ipynb #ea135d2b
-def _replay(tgt, ids, mask, metric, opt, b, T, mb, ckpt_dir=None, progress=False):
+def _replay(tgt, ids, mask, metric, opt, b, T, mb, ckpt_dir=None, progress=False, per_token=False):
     "Adjoint recurrence, one step at a time; the states φ_t, S_t are spilled to disk on the way forward."
-    n = ids.shape[0]
-    ones = torch.ones(n, dtype=tgt.dtype, device=tgt.device)
-    out = torch.zeros(n, dtype=tgt.dtype, device=tgt.device)
+    shape = ids.shape if per_token else ids.shape[:1]         # a weight per row, or per token
+    ones = torch.ones(shape, dtype=tgt.dtype, device=tgt.device)
+    out = torch.zeros(shape, dtype=tgt.dtype, device=tgt.device)
     folder = tempfile.mkdtemp(prefix="dpg-replay-", dir=ckpt_dir)
     f = lambda t: os.path.join(folder, f"step{t:06d}.pt")
     try:
@@ -309,7 +327,8 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
             device=None,            # where to compute (default: the model's device)
             ckpt_dir:str=None,      # where replay spills the states φ_t (default: a temporary folder)
             progress:bool=False,    # show a progress bar over the backward steps
-           )->Tensor:               # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$, in the model's dtype
+            per_token:bool=False,   # also split each reward over the row's loss terms: [n, L], $r_{i,t}$, summing to $r_i$
+           )->Tensor:               # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$ (or [n, L]), in the model's dtype
     "Per-example DPG rewards: exact metagradients of the metric after SFT on `input_ids`, w.r.t. the example weights."
     if engine not in ("replay", "unroll"): raise ValueError(f"engine must be 'replay' or 'unroll', got {engine!r}")
     if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
@@ -320,8 +339,8 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
     mb = microbatch_size if microbatch_size is not None and microbatch_size < batch_size else None
     with _eval_mode(model):
         try:
-            if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, batch_size, T, mb)
-            else: r = _replay(tgt, ids, mask, metric, opt, batch_size, T, mb, ckpt_dir, progress)
+            if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, batch_size, T, mb, per_token)
+            else: r = _replay(tgt, ids, mask, metric, opt, batch_size, T, mb, ckpt_dir, progress, per_token)
         except RuntimeError as e:
             err = _double_backward_error(e)
             if err is None: raise
