@@ -23,14 +23,18 @@ def _logits(out):
                         + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else ""))
     return x
 
+def _nll(logits, input_ids, loss_mask):
+    "(−log p(x_t | x_<t) [b, L-1], the counted positions as 0/1 [b, L-1])."
+    b, L, V = logits.shape
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), input_ids[:, 1:].reshape(-1), reduction="none").view(b, L - 1)
+    return nll, loss_mask[:, 1:].to(nll.dtype)
+
 def token_losses(logits:Tensor,    # [b, L, V] next-token logits
                  input_ids:Tensor, # [b, L] tokens
                  loss_mask:Tensor, # [b, L] bool, as for `example_losses`
                 )->Tensor:         # [b, L] the terms $\ell_{i,t}$; column 0 and uncounted positions 0
     "$\\ell_{i,t}$: position $t$'s term of $\\ell_i$, $-\\log p(x_t \\mid x_{<t}) / |C_i|$ where counted, so $\\ell_i = \\sum_t \\ell_{i,t}$."
-    b, L, V = logits.shape
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), input_ids[:, 1:].reshape(-1), reduction="none").view(b, L - 1)
-    m = loss_mask[:, 1:].to(nll.dtype)
+    nll, m = _nll(logits, input_ids, loss_mask)
     return F.pad(nll * m / m.sum(1, keepdim=True), (1, 0))
 
 def example_losses(logits:Tensor,    # [b, L, V] next-token logits
@@ -38,9 +42,7 @@ def example_losses(logits:Tensor,    # [b, L, V] next-token logits
                    loss_mask:Tensor, # [b, L] bool, True where the prediction of that token counts; column 0 ignored
                   )->Tensor:         # [b] per-example losses
     "$\\ell_i$: the mean over counted positions $t \\ge 1$ of $-\\log p(x_t \\mid x_{<t})$."
-    b, L, V = logits.shape
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), input_ids[:, 1:].reshape(-1), reduction="none").view(b, L - 1)
-    m = loss_mask[:, 1:].to(nll.dtype)
+    nll, m = _nll(logits, input_ids, loss_mask)
     return (nll * m).sum(1) / m.sum(1)
 
 # %% ../nbs/02_metagrad.ipynb #55e01ab2
@@ -209,9 +211,9 @@ def _check_finite(r, opt):
     return r
 
 # %% ../nbs/02_metagrad.ipynb #c6d1721a
-def _unroll(tgt, ids, mask, metric, opt, b, T, mb, per_token=False):
+def _unroll(tgt, ids, mask, metric, opt, b, T, mb, wshape):
     "The oracle: one autograd graph through all T steps (create_graph), differentiated w.r.t. w at w = 1."
-    w = torch.ones(ids.shape if per_token else ids.shape[:1], dtype=tgt.dtype, device=tgt.device, requires_grad=True)
+    w = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device, requires_grad=True)   # a weight per row, or per token
     P = {k: v.clone().requires_grad_() for k, v in tgt.phi0.items()}
     S = opt.init({k: v.detach() for k, v in P.items()})
     for t in range(T):
@@ -264,11 +266,10 @@ def opt_vjp(opt,               # the optimizer
     return dict(zip(Pl, res[:K])), dict(zip(gl, res[K:2 * K])), dict(zip(Sl, res[2 * K:]))
 
 # %% ../nbs/02_metagrad.ipynb #ea135d2b
-def _replay(tgt, ids, mask, metric, opt, b, T, mb, ckpt_dir=None, progress=False, per_token=False):
+def _replay(tgt, ids, mask, metric, opt, b, T, mb, wshape, ckpt_dir=None, progress=False):
     "Adjoint recurrence, one step at a time; the states φ_t, S_t are spilled to disk on the way forward."
-    shape = ids.shape if per_token else ids.shape[:1]         # a weight per row, or per token
-    ones = torch.ones(shape, dtype=tgt.dtype, device=tgt.device)
-    out = torch.zeros(shape, dtype=tgt.dtype, device=tgt.device)
+    ones = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device)
+    out = torch.zeros(wshape, dtype=tgt.dtype, device=tgt.device)
     folder = tempfile.mkdtemp(prefix="dpg-replay-", dir=ckpt_dir)
     f = lambda t: os.path.join(folder, f"step{t:06d}.pt")
     try:
@@ -339,8 +340,9 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
     mb = microbatch_size if microbatch_size is not None and microbatch_size < batch_size else None
     with _eval_mode(model):
         try:
-            if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, batch_size, T, mb, per_token)
-            else: r = _replay(tgt, ids, mask, metric, opt, batch_size, T, mb, ckpt_dir, progress, per_token)
+            wshape = ids.shape if per_token else ids.shape[:1]
+            if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, batch_size, T, mb, wshape)
+            else: r = _replay(tgt, ids, mask, metric, opt, batch_size, T, mb, wshape, ckpt_dir, progress)
         except RuntimeError as e:
             err = _double_backward_error(e)
             if err is None: raise

@@ -59,7 +59,6 @@ def advantages(rewards:torch.Tensor, # [N] per-rollout rewards, or [N, L] per to
     if return_stats: return a, dict(skipped=skipped, lonely=int(lonely.sum()))
     return a
 
-
 # %% ../nbs/07_policy.ipynb #a514e807
 def ppo_loss(logp:torch.Tensor,     # [N, R] log-probs under the current policy (differentiable)
              old_logp:torch.Tensor, # [N, R] log-probs at sampling time
