@@ -51,7 +51,7 @@ class Config:
     reward: str = "dpg"         # dpg | naive (+ langid | levenshtein | embedding for `language`)
     grouping: str = "cross"     # cross: one inner run over all B*G rollouts; inverse: G runs of one rollout per prompt
     advantage: str = "grpo"     # grpo | rloo | none
-    credit: str = "row"         # row: every token of a rollout gets its advantage (the paper); token: each its reward-to-go (cpu scale)
+    credit: str = "row"         # row: every token of a rollout gets its advantage (the paper); token: each its reward-to-go
     gen_lr: float = 3e-3        # generator AdamW learning rate
     gen_lr_schedule: str = "constant" # constant | cosine: gen_lr·(1+cos(π(t-1)/steps))/2 at step t (a cosine run cannot be extended)
     val_every: int = 10         # validate every k steps (and at step 0)
@@ -465,23 +465,21 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
                 n_empty=n_empty, n_skipped=int((~got).sum()), n_nonfinite=n_nonfinite, n_runs=len(phis))
 
 def response_rewards_to_go(ro,                  # the step's `Rollouts`
-                           x:torch.Tensor,      # [N, L] the target rows made of them
+                           x:torch.Tensor,      # [N, L] the target rows made of them (`for_target`)
                            m:torch.Tensor,      # [N, L] their loss mask
                            tok:torch.Tensor,    # [N, L] token rewards of those rows (NaN rows: no reward)
+                           gen_tok=None,        # the tokenizers `for_target` was given
+                           target_tok=None,
                           )->torch.Tensor:      # [N, R] float64: each response token's reward-to-go (NaN rows stay NaN)
-    "Token rewards-to-go placed on the response tokens they belong to; the target rows must be the responses' own tokens."
+    "Each target token's reward handed to the generator token that completes it (`source_positions`), then summed to go."
     from dpg_nb.policy import rewards_to_go
-    ids, keep = ro.response_ids.cpu(), ro.response_mask.cpu()
-    out = torch.zeros(ids.shape, dtype=torch.float64)
-    Rt = rewards_to_go(tok.double())
-    for i in range(len(ids)):
-        pos = keep[i].nonzero().flatten()
-        n = int(m[i, 1:].sum()) + 1 if bool(m[i, 1:].any()) else 0
-        if n > len(pos) or not torch.equal(x[i, :n].cpu(), ids[i, pos[:n]]):
-            raise UserError("credit=token needs target rows that are the generator's own tokens, position for position "
-                            f"(the cpu scale); row {i} differs (re-tokenized or filtered)")
-        out[i, pos[:n]] = Rt[i, :n]
-        if not bool(torch.isfinite(Rt[i, :n]).all()): out[i] = float("nan")
+    from dpg_nb.rollouts import source_positions
+    src = source_positions(ro, x, m, gen_tok, target_tok)
+    t = tok.double().cpu()
+    r = torch.zeros(tuple(ro.response_ids.shape), dtype=torch.float64)
+    r.scatter_add_(1, src.clamp(min=0), torch.where(src >= 0, t, torch.zeros_like(t)))
+    out = rewards_to_go(r)
+    out[~torch.isfinite(t).all(1)] = float("nan")
     return out
 
 def step_advantages(cfg:Config, r:torch.Tensor, group:torch.Tensor)->torch.Tensor:
@@ -638,9 +636,6 @@ class Run:
         self.cfg, self.out = cfg, out
         self.gen, self.gtok, self.target, self.ttok = build_models(cfg)
         self.metric = make_metric(cfg, self.target, self.ttok)
-        if cfg.credit == "token" and (self.gtok is not None or self.ttok is not None):
-            raise UserError("credit=token needs the target to train on the generator's own token ids (the cpu scale); "
-                            f"this {cfg.scale} run re-tokenizes the generations")
         self.prompts = Prompts(cfg, self.gtok)
         params = list(_trainable(self.gen).values())
         if not params: raise UserError("gen_train leaves no generator parameter to train")
@@ -699,7 +694,7 @@ class Run:
         t1 = time.perf_counter()
         res = step_rewards(c, self.target, self.metric, x, m, texts=ro.texts)
         r = res["rewards"]
-        if c.credit == "token": A = step_advantages(c, response_rewards_to_go(ro, x, m, res["token_rewards"]), ro.group.cpu())
+        if c.credit == "token": A = step_advantages(c, response_rewards_to_go(ro, x, m, res["token_rewards"], self.gtok, self.ttok), ro.group.cpu())
         else: A = step_advantages(c, r, ro.group.cpu())
         t2 = time.perf_counter()
         if torch.isfinite(r).sum() >= 2 and bool((A != 0).any()):
