@@ -250,6 +250,11 @@ def empty_rows(loss_mask:torch.Tensor)->list:
     "Rows of a target `loss_mask` with no counted position (position 0 never counts)."
     return (~loss_mask[:, 1:].any(1)).nonzero()[:, 0].tolist()
 
+def _passed(ids:torch.Tensor, keep:torch.Tensor, tok=None)->torch.Tensor:
+    "[N, R] bool: the response tokens the pass-through path keeps (special tokens dropped, as decoding would)."
+    drop = torch.tensor(sorted(set(tok.all_special_ids)) if tok is not None else [], dtype=torch.long)
+    return keep.bool() & ~torch.isin(ids, drop)
+
 def for_target(rollouts:Rollouts,
                gen_tok=None,        # the generator's tokenizer (None: token ids are the text)
                target_tok=None,     # the target's tokenizer (None, or `gen_tok` itself: the fast path)
@@ -262,9 +267,7 @@ def for_target(rollouts:Rollouts,
     if not isinstance(max_len, int) or max_len < 2: raise ValueError(f"for_target: max_len must be an int >= 2, got {max_len!r}")
     if on_empty not in ("warn", "raise"): raise ValueError(f"for_target: on_empty must be 'warn' or 'raise', got {on_empty!r}")
     ids, m = rollouts.response_ids.cpu(), rollouts.response_mask.cpu()
-    if fast and gen_tok is target_tok:
-        drop = torch.tensor(sorted(set(gen_tok.all_special_ids)) if gen_tok is not None else [], dtype=torch.long)
-        rows = [r[k & ~torch.isin(r, drop)].tolist() for r, k in zip(ids, m)]
+    if fast and gen_tok is target_tok: rows = [r[k].tolist() for r, k in zip(ids, _passed(ids, m, gen_tok))]
     else:
         if target_tok is None: raise ValueError("for_target: the generator's tokens must be re-tokenized, pass target_tok")
         if gen_tok is not None:
@@ -309,9 +312,9 @@ def source_positions(rollouts:Rollouts,
     out = torch.full(tuple(x.shape), -1, dtype=torch.long)
     n_rows = [int(k[1:].nonzero().max()) + 2 if bool(k[1:].any()) else 0 for k in lm]   # each row's target tokens
     if fast and gen_tok is target_tok:            # ids passed through, special tokens dropped
-        drop = torch.tensor(sorted(set(gen_tok.all_special_ids)) if gen_tok is not None else [], dtype=torch.long)
+        passed = _passed(ids, keep, gen_tok)
         for i, n in enumerate(n_rows):
-            pos = (keep[i] & ~torch.isin(ids[i], drop)).nonzero().flatten()[:n]
+            pos = passed[i].nonzero().flatten()[:n]
             if len(pos) < n or not torch.equal(x[i, :n], ids[i, pos]):
                 raise ValueError(f"source_positions: row {i} is not the response's own tokens; pass the tokenizers given to for_target")
             out[i, :n] = pos
