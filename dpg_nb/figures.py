@@ -124,17 +124,19 @@ def val_target(out:str|Path)->dict:
 def fresh_draws(out:str|Path, # a pattern run's folder (with `checkpoint.pt`)
                 draws=range(10_000, 10_020), # steps whose val sampling seeds to use, one evaluation each
                 k:int=1, # rollouts per test prompt: the protocol with k times the rows per inner step
-               )->dict: # `step` of the checkpoint, `accs` (one per draw), `wrong`: {(row, col): draws it was wrong in}
+               )->dict: # `step` of the checkpoint, `accs` (one per draw), `wrong`: {(row, col): draws it was wrong in}, `decoded`: what the QR reader reads in each draw (QR runs)
     "The evaluation protocol for a run's last generator under `draws`: pixel accuracies and the pixels they get wrong."
     from collections import Counter
     R, step = L.Run.open(out)
     if not hasattr(R.metric, "S"): raise ValueError(f"{out} is not a pattern run (its metric has no target image S)")
-    accs, wrong = [], Counter()
+    accs, wrong, decoded = [], Counter(), []
     for d in draws:
-        D = R.metric.delta(R.eval_params(d, k)[2]).detach()
+        P = R.eval_params(d, k)[2]
+        D = R.metric.delta(P).detach()
         accs.append(T.pixel_accuracy(D, R.metric.S))
         wrong.update(map(tuple, (torch.sign(D) != R.metric.S).nonzero().tolist()))
-    return dict(step=step, accs=np.array(accs), wrong=wrong)
+        if isinstance(R.metric, T.QRMetric): decoded.append(T.decode_qr(R.metric.image(P)))
+    return dict(step=step, accs=np.array(accs), wrong=wrong, decoded=decoded)
 
 
 # %% ../nbs/13_figures.ipynb #016cab3f

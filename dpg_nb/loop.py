@@ -28,7 +28,8 @@ TEXT_REWARDS = ("langid", "levenshtein", "embedding")   # the language experimen
 CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive", "langid", "levenshtein", "embedding"), grouping=("cross", "inverse"),
                advantage=("grpo", "rloo", "none"), credit=("row", "token"), adv_scale=("paper", "free"), gen_lr_schedule=("constant", "cosine"),
                gen_dtype=("float32", "float64", "bfloat16", "float16"),
-               target_dtype=("float32", "float64", "bfloat16", "float16"), lang_form=("lastword", "whole"))
+               target_dtype=("float32", "float64", "bfloat16", "float16"), lang_form=("lastword", "whole"),
+               error_correction=("L", "M", "Q", "H"))
 POSITIVE = ("steps", "prompts_per_step", "samples_per_prompt", "inner_batch", "val_every", "ckpt_every",
             "max_new_tokens", "prompt_len", "val_prompts", "max_len", "vocab_size", "gen_hidden", "gen_layers",
             "target_hidden", "target_layers", "minibatch", "epochs")
@@ -56,6 +57,7 @@ class Config:
     gen_lr_schedule: str = "constant" # constant | cosine: gen_lr·(1+cos(π(t-1)/steps))/2 at step t (a cosine run cannot be extended)
     val_every: int = 10         # validate every k steps (and at step 0)
     text: str = "dpg"           # qr: what the code says
+    error_correction: str = "L" # qr: the code's error-correction level, L | M | Q | H (L repairs 7% of its bytes, H 30%)
     patch_col0: int = -1        # qr, sixseven: token id of the patch's first column; -1: the id of "!" in the target's tokenizer (0 without one)
     strength: float = 20.0      # qr, sixseven: s in Φ = -mean(softplus(-s·S⊙Δ)) (the paper's 20)
     lang: str = "es"            # language: target language
@@ -165,7 +167,8 @@ def patch_col0(cfg:Config, tokenizer=None)->int:
     if len(ids) != 1: raise UserError(f"'!' is not one token in the target's tokenizer ({ids}); set patch_col0")
     return ids[0]
 
-def _qr_metric(cfg, target, tokenizer=None): return T.QRMetric(cfg.text, _head(target), s=cfg.strength, col0=patch_col0(cfg, tokenizer))
+def _qr_metric(cfg, target, tokenizer=None):
+    return T.QRMetric(cfg.text, _head(target), s=cfg.strength, error_correction=cfg.error_correction, col0=patch_col0(cfg, tokenizer))
 def _sixseven_metric(cfg, target, tokenizer=None): return T.PatternMetric(T.SIXSEVEN, _head(target), s=cfg.strength, col0=patch_col0(cfg, tokenizer))
 def _l2_metric(cfg, target): return T.L2Metric()
 def _language_metric(cfg, target, tokenizer=None):
@@ -176,7 +179,7 @@ def _uuid_metric(cfg, target, tokenizer=None):
     return uuid_metric(cfg, target, tokenizer)
 
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
-                    scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "patch_col0", "strength"))
+                    scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
                     scales={"cpu": dict(steps=80, val_every=20), "paper": dict(steps=3840)}, keys=("patch_col0", "strength"))
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
@@ -191,7 +194,7 @@ register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UU
                                           gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=360)})
 
 # %% ../nbs/08_loop.ipynb #f98ead19
-_EXP_KEYS = ("text", "lang", "lang_form", "patch_col0", "strength")
+_EXP_KEYS = ("text", "error_correction", "lang", "lang_form", "patch_col0", "strength")
 
 def resolve(experiment:str="qr", # a registered experiment
             scale:str="cpu", # cpu | smol | paper
@@ -243,6 +246,9 @@ def validate(cfg:Config)->Config:
     if not 0 < cfg.top_p <= 1: raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
     for k, ch in CHOICES.items():
         if getattr(cfg, k) not in ch: raise UserError(f"{k} must be one of {'|'.join(ch)}, got {getattr(cfg, k)!r}")
+    if cfg.experiment == "qr":
+        try: T.qr_matrix(cfg.text, error_correction=cfg.error_correction)
+        except ValueError as e: raise UserError(str(e)) from None
     if cfg.experiment == "language" and cfg.lang not in ("es", "fr", "de", "it"):
         raise UserError(f"lang must be one of es|fr|de|it, got {cfg.lang!r}")
     if cfg.reward in TEXT_REWARDS and cfg.experiment != "language":

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['HEAD', 'SIXSEVEN', 'head_patch', 'pixel_accuracy', 'sign_image', 'PatternMetric', 'show_pm1', 'qr_matrix', 'qr_image',
-           'decode_qr', 'L2Metric', 'QRMetric', 'check_metric']
+           'decode_qr', 'qr_function_modules', 'L2Metric', 'QRMetric', 'check_metric']
 
 # %% ../nbs/04_targets.ipynb #1805ce7c
 HEAD = "lm_head.weight"
@@ -127,6 +127,15 @@ def decode_qr(M, # `[n, n]` {-1, +1} matrix (e.g. `sign(Δ)`), -1 = dark
     try: text, *_ = cv2.QRCodeDetector().detectAndDecode(qr_image(M, quiet, scale))
     except cv2.error: return ""
     return text or ""
+
+# %% ../nbs/04_targets.ipynb #ae22ce84
+def qr_function_modules()->torch.Tensor: # `[21, 21]` bool, True where a module is a fixed pattern
+    "The modules of a version-1 QR code that hold no codeword: finders, separators, timing, format information, the dark module."
+    F = torch.zeros(21, 21, dtype=torch.bool)
+    F[:9, :9] = F[:9, 13:] = F[13:, :9] = True    # finders and separators, with the format bits of row and column 8
+    F[6, :] = F[:, 6] = True                       # the timing lines
+    return F
+
 
 # %% ../nbs/04_targets.ipynb #94cfed1f
 class L2Metric:
