@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['HEAD', 'SIXSEVEN', 'head_patch', 'pixel_accuracy', 'sign_image', 'PatternMetric', 'show_pm1', 'qr_matrix', 'qr_image',
-           'decode_qr', 'qr_function_modules', 'L2Metric', 'QRMetric', 'check_metric']
+           'decode_qr', 'qr_function_modules', 'flip_modules', 'L2Metric', 'QRMetric', 'check_metric']
 
 # %% ../nbs/04_targets.ipynb #1805ce7c
 HEAD = "lm_head.weight"
@@ -135,6 +135,17 @@ def qr_function_modules()->torch.Tensor: # `[21, 21]` bool, True where a module 
     F[:9, :9] = F[:9, 13:] = F[13:, :9] = True    # finders and separators, with the format bits of row and column 8
     F[6, :] = F[:, 6] = True                       # the timing lines
     return F
+
+def flip_modules(S:torch.Tensor, # `[n, n]` {-1, +1} matrix, e.g. a QR code
+                 k:int, # how many modules to flip
+                 where:torch.Tensor=None, # `[n, n]` bool: the modules to choose among (default: all)
+                 generator:torch.Generator=None, # for `torch.randperm`
+                )->torch.Tensor: # a copy of `S` with `k` modules changed in sign
+    "`S` with `k` modules drawn at random among `where` flipped: a code read with wrong modules."
+    idx = (torch.ones_like(S, dtype=torch.bool) if where is None else where).flatten().nonzero().squeeze(1)
+    if not 0 <= k <= len(idx): raise ValueError(f"cannot flip {k} of {len(idx)} modules")
+    M = S.clone().view(-1); M[idx[torch.randperm(len(idx), generator=generator)[:k]]] *= -1
+    return M.view(S.shape)
 
 
 # %% ../nbs/04_targets.ipynb #94cfed1f
