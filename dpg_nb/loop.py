@@ -15,12 +15,13 @@ from . import targets as T
 from .models import tiny_lm, require_eager
 
 # %% auto #0
-__all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'TAG_PROMPTS', 'TAG_SAMPLE',
-           'TAG_VAL', 'TIMING', 'READABLE', 'Config', 'UserError', 'Experiment', 'register_experiment', 'patch_col0',
-           'resolve', 'validate', 'build_target', 'build_models', 'select_trainable', 'sft', 'Prompts', 'gen_lr_at',
-           'step_rewards', 'response_rewards_to_go', 'step_advantages', 'read_metrics', 'save_checkpoint',
-           'load_checkpoint', 'load_metric', 'make_metric', 'Run', 'run', 'save_generator', 'resume_config',
-           'plot_runs', 'plot_run', 'sample_run', 'strip_timing', 'generator_state']
+__all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER', 'QR_CPU',
+           'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'TIMING', 'READABLE', 'Config', 'UserError',
+           'Experiment', 'register_experiment', 'patch_col0', 'resolve', 'validate', 'build_target', 'build_models',
+           'select_trainable', 'sft', 'inner_rows', 'fold_padding', 'Prompts', 'gen_lr_at', 'step_rewards',
+           'response_rewards_to_go', 'step_advantages', 'read_metrics', 'save_checkpoint', 'load_checkpoint',
+           'load_metric', 'make_metric', 'Run', 'run', 'save_generator', 'resume_config', 'plot_runs', 'plot_run',
+           'sample_run', 'strip_timing', 'generator_state']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
@@ -29,7 +30,7 @@ CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive", "langid", "le
                advantage=("grpo", "rloo", "none"), credit=("row", "token"), adv_scale=("paper", "free"), gen_lr_schedule=("constant", "cosine"),
                gen_dtype=("float32", "float64", "bfloat16", "float16"),
                target_dtype=("float32", "float64", "bfloat16", "float16"), lang_form=("lastword", "whole"),
-               error_correction=("L", "M", "Q", "H"))
+               error_correction=("L", "M", "Q", "H"), inner_loss=("mean", "official"))
 POSITIVE = ("steps", "prompts_per_step", "samples_per_prompt", "inner_batch", "val_every", "ckpt_every",
             "max_new_tokens", "prompt_len", "val_prompts", "max_len", "vocab_size", "gen_hidden", "gen_layers",
             "target_hidden", "target_layers", "minibatch", "epochs")
@@ -57,7 +58,7 @@ class Config:
     gen_lr_schedule: str = "constant" # constant | cosine: gen_lr·(1+cos(π(t-1)/steps))/2 at step t (a cosine run cannot be extended)
     val_every: int = 10         # validate every k steps (and at step 0)
     text: str = "dpg"           # qr: what the code says
-    error_correction: str = "L" # qr: the code's error-correction level, L | M | Q | H (L repairs 7% of its bytes, H 30%)
+    error_correction: str = "M" # qr: the code's error-correction level, L | M | Q | H (L repairs 7% of its bytes, M 15%, H 30%); M is the paper's
     patch_col0: int = -1        # qr, sixseven: token id of the patch's first column; -1: the id of "!" in the target's tokenizer (0 without one)
     strength: float = 20.0      # qr, sixseven: s in Φ = -mean(softplus(-s·S⊙Δ)) (the paper's 20)
     lang: str = "es"            # language: target language
@@ -68,7 +69,14 @@ class Config:
     temperature: float = 1.0
     top_p: float = 1.0
     prompt_len: int = 4         # cpu scale: tokens per random prompt
-    val_prompts: int = 64       # test prompts, one rollout each, per validation
+    val_prompts: int = 64       # the test set: prompts per validation, one rollout each (the authors' code: the whole test file)
+    val_inner_batch: int = 0    # rows per inner step of the validation run (0: inner_batch); rows shuffled, the last partial batch kept
+    val_small: int = 0          # a second, harsher validation (`split: val_small`): this many test prompts in steps of inner_batch (0: none)
+    shuffle: int = 0            # 1: a step's inner-run rows are shuffled (seeded) before batching, as the authors' code does
+    inner_loss: str = "mean"    # mean: ℓ_i = mean NLL over the response (the paper's text); official: the authors' code (see `inner_rows`)
+    inner_microbatch: int = 0   # rows per forward pass in inner runs (0: the whole batch); `official` scales the step gradient by inner_batch/inner_microbatch
+    gen_weight_decay: float = 0.0 # the generator AdamW's weight decay (verl's default, which the paper ran: 0.01)
+    dual_clip: float = 0.0      # PPO dual-clip c > 1 (verl's default, which the paper ran: 3); 0: off
     max_len: int = 128          # target sequence length (response only)
     adv_scale: str = "paper"    # paper: (r-mean)/(std+1e-6); free: scale-free (see dpg_nb.policy)
     clip: float = 0.2           # PPO clip
@@ -147,15 +155,15 @@ def register_experiment(name:str, # the name `dpg run NAME` and `Config(experime
 SCALE_DEFAULTS = {
     "cpu": dict(generator="tiny", target="tiny", vocab_size=64, gen_hidden=64, gen_layers=2, target_hidden=32,
                 target_layers=2, prompts_per_step=16, samples_per_prompt=4, inner_batch=16, max_new_tokens=16,
-                prompt_len=4, val_prompts=64, minibatch=64, steps=60, val_every=10, ckpt_every=10,
+                prompt_len=4, val_prompts=4096, val_inner_batch=1024, val_small=64, minibatch=64, steps=60, val_every=10, ckpt_every=10,
                 inner_lr=1e-3, gen_lr=3e-3, gen_train="all", threads=1),
     "smol": dict(generator="smollm2", target="tiny", target_hidden=32, target_layers=2, prompts_per_step=8,
                  samples_per_prompt=4, inner_batch=32, max_new_tokens=32, val_prompts=32, minibatch=32, steps=30,
                  val_every=5, ckpt_every=5, inner_lr=1e-3, gen_lr=1e-5, gen_train="last:2", max_len=64),
     "paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="openai-community/gpt2",
                   prompts_per_step=256, samples_per_prompt=4, inner_batch=1024, max_new_tokens=128,
-                  val_prompts=1024, minibatch=128, inner_lr=5e-6, gen_lr=5e-6, gen_train="all",
-                  val_every=20, ckpt_every=20, max_len=128),
+                  val_prompts=98304, val_inner_batch=1024, minibatch=128, inner_lr=5e-6, gen_lr=5e-6, gen_train="all",
+                  val_every=20, ckpt_every=20, max_len=128, shuffle=1, inner_microbatch=128, gen_weight_decay=0.01, dual_clip=3.0),
 }
 
 def _head(target): return dict(target.named_parameters(remove_duplicate=False))[T.HEAD]
@@ -178,20 +186,22 @@ def _uuid_metric(cfg, target, tokenizer=None):
     from dpg_nb.language import uuid_metric
     return uuid_metric(cfg, target, tokenizer)
 
+LLAMA_PAPER = dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct", gen_lr=1e-6,
+                   inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, inner_microbatch=8, val_prompts=1024)
+QR_CPU = dict(prompts_per_step=64, grouping="inverse", strength=500.0, gen_lr_schedule="cosine", reward_eps_root=1e-3,
+              kl_coef=0.04, credit="token", max_new_tokens=32, steps=3000, val_every=100, ckpt_every=100)
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
-                    scales={"paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength"))
+                    scales={"cpu": QR_CPU, "paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
                     scales={"cpu": dict(steps=80, val_every=20), "paper": dict(steps=3840)}, keys=("patch_col0", "strength"))
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
                     scales={"cpu": dict(steps=100, val_every=20, inner_opt="sgd", inner_lr=0.1, gen_lr=1e-2),
                             "paper": dict(steps=960)})
 register_experiment("language", _language_metric, "rephrase into a new language (Φ: -CE of `lang` passages: their last words, or every token with lang_form=whole)",
-                    scales={"paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct",
-                                          gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=120)},
+                    scales={"paper": dict(LLAMA_PAPER, steps=120)},
                     keys=("lang", "lang_form"))
 register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UUID (Φ: -CE of the UUID string)",
-                    scales={"paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct",
-                                          gen_lr=1e-6, inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, steps=360)})
+                    scales={"paper": dict(LLAMA_PAPER, steps=360)})
 
 # %% ../nbs/08_loop.ipynb #f98ead19
 _EXP_KEYS = ("text", "error_correction", "lang", "lang_form", "patch_col0", "strength")
@@ -263,8 +273,13 @@ def validate(cfg:Config)->Config:
     if per_run % cfg.inner_batch:
         raise UserError(f"inner_batch={cfg.inner_batch} does not divide the {per_run} examples of an inner run "
                         f"(reward={cfg.reward}, grouping={cfg.grouping}) into inner steps")
-    if cfg.val_prompts % cfg.inner_batch:
-        raise UserError(f"inner_batch={cfg.inner_batch} does not divide val_prompts={cfg.val_prompts} into inner steps")
+    for k in ("val_inner_batch", "val_small", "inner_microbatch"):
+        if getattr(cfg, k) < 0: raise UserError(f"{k} must be >= 0 (0: {'none' if k == 'val_small' else 'the default'}), got {getattr(cfg, k)}")
+    if cfg.shuffle not in (0, 1): raise UserError(f"shuffle must be 0 or 1, got {cfg.shuffle}")
+    if cfg.inner_microbatch and cfg.inner_batch % cfg.inner_microbatch:
+        raise UserError(f"inner_microbatch={cfg.inner_microbatch} must divide inner_batch={cfg.inner_batch}")
+    if cfg.gen_weight_decay < 0: raise UserError(f"gen_weight_decay must be >= 0, got {cfg.gen_weight_decay}")
+    if cfg.dual_clip != 0 and cfg.dual_clip <= 1: raise UserError(f"dual_clip must be 0 (off) or > 1, got {cfg.dual_clip}")
     for k in ("gen_train", "target_train"):
         v = getattr(cfg, k)
         if not (v == "all" or (v.startswith("last:") and v[5:].isdigit() and int(v[5:]) > 0)):
@@ -342,10 +357,41 @@ def select_trainable(model, # a causal LM
 
 
 # %% ../nbs/08_loop.ipynb #475e50e0
-def sft(model, input_ids, opt, batch_size, loss_mask=None)->dict:
-    "𝒜(1, D): the trained target's params keyed like `named_parameters(remove_duplicate=False)`."
+def sft(model, input_ids, opt, batch_size, loss_mask=None, loss_scale=None, microbatch_size=None)->dict:
+    "𝒜(1, D): the trained target's params keyed like `named_parameters(remove_duplicate=False)`; a last partial batch is kept."
     from dpg_nb.metagrad import train
-    return train(model, input_ids, opt, batch_size, loss_mask)
+    kw = dict(loss_scale=loss_scale) if loss_scale is not None else {}
+    if len(input_ids) % batch_size: kw["last_batch"] = "keep"
+    return train(model, input_ids, opt, batch_size, loss_mask, microbatch_size=microbatch_size, **kw)
+
+def inner_rows(cfg:Config, # `inner_loss`, `max_len`, `inner_batch`, `inner_microbatch`
+               x:torch.Tensor, # [N, L] `for_target`'s rows
+               m:torch.Tensor, # [N, L] their loss mask
+               eos_id:int=None, # the target's EOS id (official: its labels are not counted)
+              )->tuple: # `(x, m, loss_scale)` as the inner learner sees them
+    "The rows and loss scale of `inner_loss`: `mean` passes them through; `official` is the authors' code."
+    if cfg.inner_loss == "mean": return x, m, None
+    N, L = x.shape
+    ends = (m.long() * torch.arange(L, device=m.device)).amax(1) + 1  # each row's tokens: 0 .. end-1
+    X = torch.zeros(N, cfg.max_len, dtype=x.dtype, device=x.device)   # padding is token 0, and it is trained on
+    keep = torch.arange(L, device=x.device)[None] < ends[:, None]
+    X[:, :L] = torch.where(keep, x, torch.zeros_like(x))
+    M = torch.ones_like(X, dtype=torch.bool)
+    if eos_id is not None: M &= X != eos_id                         # only EOS labels are masked
+    M[:, 0] = False
+    factor = cfg.inner_batch // cfg.inner_microbatch if cfg.inner_microbatch else 1
+    return X, M, factor / cfg.max_len                               # sum over max_len positions / max_len, × microbatches
+
+def fold_padding(t:torch.Tensor, # [n, L'] token rewards of `inner_rows`' rows
+                 m:torch.Tensor, # [n, L] the original rows' loss mask (L <= L')
+                )->torch.Tensor: # [n, L]: the same rewards, padding positions' sum added to the row's last token
+    "Token rewards back on the original rows: a padding position's term (official loss) is caused by the whole row, so its last token gets it."
+    n, L = m.shape
+    ends = (m.long() * torch.arange(L, device=m.device)).amax(1) + 1
+    pad = torch.arange(t.shape[1], device=t.device)[None] >= ends[:, None].to(t.device)
+    out = torch.where(pad, torch.zeros_like(t), t)[:, :L].clone()
+    out[torch.arange(n), ends - 1] += torch.where(pad, t, torch.zeros_like(t)).sum(1)
+    return out
 
 # %% ../nbs/08_loop.ipynb #a4234c66
 def _mix(seed:int, tag:int, step:int)->int:
@@ -354,7 +400,7 @@ def _mix(seed:int, tag:int, step:int)->int:
     x ^= x >> 29; x = (x * 0xBF58476D1CE4E5B9) & (2**63 - 1); x ^= x >> 32
     return x
 
-TAG_PROMPTS, TAG_SAMPLE, TAG_VAL = 1, 2, 3
+TAG_PROMPTS, TAG_SAMPLE, TAG_VAL, TAG_SHUFFLE = 1, 2, 3, 4
 
 class Prompts:
     "Train prompts per step and the fixed test prompts, as left-padded `(ids, mask)`."
@@ -380,13 +426,15 @@ class Prompts:
         idx = torch.randperm(len(self.train_p), generator=g)[:c.prompts_per_step].tolist()
         while len(idx) < c.prompts_per_step: idx += idx[:c.prompts_per_step - len(idx)]
         return self._encode([self.train_p[i] for i in idx])
-    def val(self):
+    def val(self, n:int=None):
+        "The first `n` test prompts (default: the whole test set, `val_prompts`)."
         c = self.cfg
+        n = c.val_prompts if n is None else n
         if self.tok is None:
             from dpg_nb.data import token_prompts
-            ids = token_prompts(c.val_prompts, c.prompt_len, c.vocab_size, seed=_mix(c.seed, TAG_VAL, 0))
+            ids = token_prompts(n, c.prompt_len, c.vocab_size, seed=_mix(c.seed, TAG_VAL, 0))
             return ids, torch.ones_like(ids, dtype=torch.bool)
-        return self._encode([self.test_p[i % len(self.test_p)] for i in range(c.val_prompts)])
+        return self._encode([self.test_p[i % len(self.test_p)] for i in range(n)])
 
 # %% ../nbs/08_loop.ipynb #60276f2e
 def _inner_opt(cfg, rewards:bool=False):
@@ -425,7 +473,10 @@ def _mean_readable(ds:list)->dict:
         out[k] = float(np.mean(vals)) if isinstance(vals[0], (int, float)) else vals[0]
     return out
 
-def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor, texts:list=None)->dict:
+def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor, texts:list=None,
+                 seed:int=0, # shuffles each inner run's rows when `cfg.shuffle`
+                 eos_id:int=None, # the target's EOS id (for `inner_loss=official`)
+                )->dict:
     "Rewards of one step's rollouts (`ids`, `mask` are `[N, L]`, rows grouped by prompt) and Φ of the trained targets."
     from dpg_nb.metagrad import rewards
     N, G, b = ids.shape[0], cfg.samples_per_prompt, cfg.inner_batch
@@ -439,12 +490,14 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
     phis, reads, last = [], [], None
     got = torch.zeros(N, dtype=torch.bool)
     n_empty = int((~mask[:, 1:].any(1)).sum())
-    for rows in runs:
+    mb = cfg.inner_microbatch or None
+    for j, rows in enumerate(runs):
         use, bb = _usable(rows, mask.cpu(), b)
         if len(use) == 0: continue
+        if cfg.shuffle: use = use[torch.randperm(len(use), generator=torch.Generator().manual_seed(_mix(seed, TAG_SHUFFLE, j)))]
         got[use] = True
-        x, m = ids[use.to(dev)], mask[use.to(dev)]
-        params = sft(target, x, _inner_opt(cfg), bb, m)
+        x, m, scale = inner_rows(cfg, ids[use.to(dev)], mask[use.to(dev)], eos_id)
+        params = sft(target, x, _inner_opt(cfg), bb, m, scale, mb)
         with torch.no_grad(): phi = float(metric(params))
         phis.append(phi); reads.append(_readable(metric, params)); last = params
         if cfg.reward == "naive": r[use] = phi
@@ -454,9 +507,10 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
             except ValueError as e: raise UserError(str(e)) from None
         else:
             try:
+                kw = dict(loss_scale=scale) if scale is not None else {}
                 rt = rewards(target, x, metric, opt=_inner_opt(cfg, rewards=True), batch_size=bb, loss_mask=m,
-                             per_token=per_token).detach().double().cpu()
-                if per_token: tok[use], rt = rt, rt.sum(1)
+                             per_token=per_token, microbatch_size=mb, **kw).detach().double().cpu()
+                if per_token: tok[use], rt = fold_padding(rt, mask[use.to(dev)].cpu()), rt.sum(1)
                 r[use] = rt
             except ValueError as e:                 # the engine refuses non-finite rewards: skip the run's rows, count them
                 if "not finite" not in str(e): raise
@@ -645,7 +699,8 @@ class Run:
         self.prompts = Prompts(cfg, self.gtok)
         params = list(_trainable(self.gen).values())
         if not params: raise UserError("gen_train leaves no generator parameter to train")
-        self.gen_opt = torch.optim.AdamW(params, lr=cfg.gen_lr, weight_decay=0.0)
+        from dpg_nb.policy import gen_optimizer
+        self.gen_opt = gen_optimizer(self.gen, lr=cfg.gen_lr, weight_decay=cfg.gen_weight_decay)
         self.ref = None
         if cfg.kl_coef > 0:
             import copy
@@ -653,6 +708,7 @@ class Run:
         self.eos = getattr(self.gtok, "eos_token_id", None) if self.gtok is not None else None
         self.pad = (getattr(self.gtok, "pad_token_id", None) or 0) if self.gtok is not None else 0
         self.gdev = next(self.gen.parameters()).device
+        self.teos = getattr(self.ttok, "eos_token_id", None) if self.ttok is not None else None
         self.wrote_val_image = False
 
     @classmethod
@@ -698,7 +754,7 @@ class Run:
         ids, mask = self.prompts.train(step)
         ro, x, m = self.rollouts(ids, mask, c.samples_per_prompt, _mix(c.seed, TAG_SAMPLE, step))
         t1 = time.perf_counter()
-        res = step_rewards(c, self.target, self.metric, x, m, texts=ro.texts)
+        res = step_rewards(c, self.target, self.metric, x, m, texts=ro.texts, seed=_mix(c.seed, TAG_SHUFFLE, step), eos_id=self.teos)
         r = res["rewards"]
         if c.credit == "token": A = step_advantages(c, response_rewards_to_go(ro, x, m, res["token_rewards"], self.gtok, self.ttok), ro.group.cpu())
         else: A = step_advantages(c, r, ro.group.cpu())
@@ -707,7 +763,7 @@ class Run:
             for g in self.gen_opt.param_groups: g["lr"] = gen_lr_at(c, step)
             st = policy_step(self.gen, self.gen_opt, ro, A.to(self.gdev, torch.float32), minibatch_size=c.minibatch,
                              epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
-                             ref_model=self.ref, temperature=c.temperature)
+                             ref_model=self.ref, temperature=c.temperature, dual_clip=c.dual_clip or None)
             self.gen.eval()
         else: st = dict(loss=None, kl=None, clip_frac=None, grad_norm=None)   # nothing to learn from: no update
         t3 = time.perf_counter()
@@ -721,16 +777,25 @@ class Run:
                    gen_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2, wall_s=t3 - t0)
         return {k: _clean(v) for k, v in row.items()}
 
-    def eval_params(self, step:int, k:int=1)->tuple:
-        "The evaluation protocol: `k` rollouts per test prompt (1: the protocol itself), a fresh target trained on them in as many steps of `k` times the rows. `(ids, mask, params, n_skipped)`."
+    def eval_params(self, step:int, k:int=1, small:bool=False)->tuple:
+        """The evaluation protocol: a fresh target trained on one rollout (`k`) per prompt of the test set, the rows shuffled,
+        in steps of `val_inner_batch` (times `k`), the last partial batch kept. `small`: the harsher protocol of `val_small`
+        prompts, in order, in steps of `inner_batch`. `(ids, mask, params, n_skipped)`."""
         c = self.cfg
         if not (isinstance(k, int) and k >= 1): raise ValueError(f"k (rollouts per test prompt) must be an int >= 1, got {k!r}")
-        ids, mask = self.prompts.val()
+        if small and not c.val_small: raise UserError("val_small=0: this run has no small validation")
+        ids, mask = self.prompts.val(c.val_small if small else None)
         with torch.no_grad(): ro, x, m = self.rollouts(ids, mask, k, _mix(c.seed, TAG_VAL, step))
-        x, m = x.to(next(self.target.parameters()).device), m.to(next(self.target.parameters()).device).bool()
-        use, bb = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch * k)
+        dev = next(self.target.parameters()).device
+        x, m = x.to(dev), m.to(dev).bool()
+        if small: use, bb = _usable(torch.arange(len(x)), m.cpu(), c.inner_batch * k)
+        else:
+            use = torch.arange(len(x))[m[:, 1:].any(1).cpu()]
+            use = use[torch.randperm(len(use), generator=torch.Generator().manual_seed(_mix(c.seed, TAG_SHUFFLE, -1 - step)))]
+            bb = (c.val_inner_batch or c.inner_batch) * k
         if len(use) == 0: raise UserError("empty generations: no validation rollout has a token the target can be trained on")
-        return ids, mask, sft(self.target, x[use], _inner_opt(c), bb, m[use]), len(x) - len(use)
+        X, M, scale = inner_rows(c, x[use.to(dev)], m[use.to(dev)], self.teos)
+        return ids, mask, sft(self.target, X, _inner_opt(c), bb, M, scale, c.inner_microbatch or None), len(x) - len(use)
 
     def val_phis(self, draws:list)->list:
         "Φ of the evaluation protocol for the current generator, once per draw of the val rollouts (`draws`: steps whose sampling seeds to use)."
@@ -740,11 +805,19 @@ class Run:
             with torch.no_grad(): out.append(float(self.metric(params)))
         return out
 
-    def val_step(self, step:int, examples_seen:int)->dict:
-        "Φ of a fresh target trained on one rollout per test prompt from the current generator."
+    def val_rows(self, step:int, examples_seen:int)->list:
+        "The validation rows of a step: `val`, then `val_small` if the config asks for it."
+        return [self.val_step(step, examples_seen)] + ([self.val_step(step, examples_seen, small=True)] if self.cfg.val_small else [])
+
+    def val_step(self, step:int, examples_seen:int, small:bool=False)->dict:
+        "Φ of a fresh target trained on one rollout per test prompt from the current generator (`small`: the `val_small` protocol)."
         c, t0 = self.cfg, time.perf_counter()
-        ids, mask, params, n_skipped = self.eval_params(step)
+        ids, mask, params, n_skipped = self.eval_params(step, small=small)
         with torch.no_grad(): phi = float(self.metric(params))
+        if small:
+            row = dict(split="val_small", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params),
+                       n_skipped=n_skipped, wall_s=time.perf_counter() - t0)
+            return {k: _clean(v) for k, v in row.items()}
         if self.cfg.experiment == "qr" and hasattr(self.metric, "image"):
             _save_image(self.out, self.metric, params); self.wrote_val_image = True
         greedy = {}
@@ -794,7 +867,8 @@ def _run(cfg, out, resume, progress):
     _write_json(out / "config.json", dict(config=asdict(cfg), versions=_versions(), git_commit=_git_commit(),
                 device=dict(generator=str(R.gdev), target=str(next(R.target.parameters()).device)),
                 threads=torch.get_num_threads()))
-    if start == 0: _append_row(metrics, R.val_step(0, 0))
+    if start == 0:
+        for v in R.val_rows(0, 0): _append_row(metrics, v)
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not progress,
                desc=f"{cfg.experiment}/{cfg.reward}", file=sys.stderr, dynamic_ncols=True)
     for step in bar:
@@ -802,8 +876,9 @@ def _run(cfg, out, resume, progress):
         row = R.train_step(step, seen)
         _append_row(metrics, row)
         if step % cfg.val_every == 0 or step == cfg.steps:
-            v = R.val_step(step, seen); _append_row(metrics, v)
-            bar.set_postfix(phi=f"{row['phi']:.4g}", val=f"{v['phi']:.4g}")
+            vs = R.val_rows(step, seen)
+            for v in vs: _append_row(metrics, v)
+            bar.set_postfix(phi=f"{row['phi']:.4g}", val=f"{vs[0]['phi']:.4g}")
         else: bar.set_postfix(phi=f"{row['phi']:.4g}")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint(out, step, seen, R.gen, R.gen_opt, dict(wrote_val_image=R.wrote_val_image))
@@ -896,7 +971,7 @@ def plot_run(out:Path):
     fig = Figure(figsize=(5 * len(keys), 3.4))
     axs = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axs[0], keys):
-        for split in ("train", "val"):
+        for split in ("train", "val", "val_small"):
             rs = [r for r in rows if r["split"] == split and r.get(key) is not None]
             ax.plot([r["examples_seen"] for r in rs], [r[key] for r in rs], "-" if split == "train" else "o-",
                     alpha=.6 if split == "train" else 1, label=split)

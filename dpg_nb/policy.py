@@ -66,6 +66,7 @@ def ppo_loss(logp:torch.Tensor,     # [N, R] log-probs under the current policy 
              mask:torch.Tensor,     # [N, R] True on response tokens
              clip:float=0.2,        # PPO's epsilon
              denom:float=None,      # divide the token sum by this (default: tokens in `mask`), for micro-batches
+             dual_clip:float=None,  # c > 1: a token with A < 0 loses at most -c·A (verl's dual-clip, its default 3); None: off
             )->tuple:
     "Token-mean PPO-clip loss and a dict of stats (clip_frac, ppo_kl, ratio_max; as floats)."
     if logp.shape != old_logp.shape or logp.shape != mask.shape:
@@ -75,6 +76,7 @@ def ppo_loss(logp:torch.Tensor,     # [N, R] log-probs under the current policy 
     if adv.shape[0] != logp.shape[0]: raise ValueError(f"ppo_loss: {adv.shape[0]} advantages for {logp.shape[0]} rows")
     if not torch.isfinite(adv).all(): raise ValueError("ppo_loss: advantages must be finite (skip bad rewards in `advantages`)")
     if not clip > 0: raise ValueError(f"ppo_loss: clip must be > 0, got {clip!r}")
+    if dual_clip is not None and not dual_clip > 1: raise ValueError(f"ppo_loss: dual_clip must be > 1 (or None), got {dual_clip!r}")
     m = mask.to(logp.dtype)
     n = m.sum()
     if denom is None:
@@ -84,7 +86,9 @@ def ppo_loss(logp:torch.Tensor,     # [N, R] log-probs under the current policy 
     d = torch.where(mask, logp - old_logp.to(logp.dtype), torch.zeros_like(logp))
     ratio = d.exp()
     l1, l2 = -adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)
-    loss = (torch.maximum(l1, l2) * m).sum() / denom
+    lt = torch.maximum(l1, l2)
+    if dual_clip is not None: lt = torch.where(adv < 0, torch.minimum(lt, -adv * dual_clip), lt)
+    loss = (lt * m).sum() / denom
     with torch.no_grad():
         k = max(float(n), 1.0)
         stats = dict(clip_frac=float(((l2 > l1).to(m.dtype) * m).sum() / k),
@@ -111,6 +115,7 @@ def policy_step(model,                  # the generator
                 temperature:float=1.0,  # the sampling temperature
                 microbatch_size:int=None, # rows per forward/backward pass (default: the mini-batch)
                 generator:torch.Generator=None, # shuffles the rows each epoch if given (default: in order)
+                dual_clip:float=None,   # see `ppo_loss`
                )->dict:
     "PPO-clip update(s) of the generator on one batch of rollouts; returns means over the mini-batch steps."
     if not isinstance(opt, torch.optim.Optimizer): raise TypeError("policy_step: opt must be a torch.optim.Optimizer")
@@ -147,7 +152,7 @@ def policy_step(model,                  # the generator
                     k = float(ro.response_mask.sum())
                     if k == 0: continue
                     lp = token_logprobs(model, ro, temperature=temperature)
-                    loss, st = ppo_loss(lp, ro.logprobs, adv[sub.to(dev)], ro.response_mask, clip=clip, denom=n_tok)
+                    loss, st = ppo_loss(lp, ro.logprobs, adv[sub.to(dev)], ro.response_mask, clip=clip, denom=n_tok, dual_clip=dual_clip)
                     if ref_model is not None:
                         with torch.no_grad(): ref = token_logprobs(ref_model, ro, temperature=temperature)
                         dl = torch.where(ro.response_mask, ref - lp, torch.zeros_like(lp))
