@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 # %% auto #0
-__all__ = ['token_losses', 'example_losses', 'train', 'opt_vjp', 'rewards', 'drop_one', 'spearman']
+__all__ = ['DEFAULT_GROUP', 'token_losses', 'example_losses', 'train', 'opt_vjp', 'rewards', 'drop_one', 'spearman']
 
 # %% ../nbs/02_metagrad.ipynb #00e0d9a4
 def _logits(out):
@@ -32,24 +32,32 @@ def _nll(logits, input_ids, loss_mask):
 def token_losses(logits:Tensor,    # [b, L, V] next-token logits
                  input_ids:Tensor, # [b, L] tokens
                  loss_mask:Tensor, # [b, L] bool, as for `example_losses`
+                 *, loss_scale:float=None, # as for `example_losses`
                 )->Tensor:         # [b, L] the terms $\ell_{i,t}$; column 0 and uncounted positions 0
-    "$\\ell_{i,t}$: position $t$'s term of $\\ell_i$, $-\\log p(x_t \\mid x_{<t}) / |C_i|$ where counted, so $\\ell_i = \\sum_t \\ell_{i,t}$."
+    "$\\ell_{i,t}$: position $t$'s term of $\\ell_i$, $-\\log p(x_t \\mid x_{<t})$ divided by $|C_i|$ (or times $c$) where counted, so $\\ell_i = \\sum_t \\ell_{i,t}$."
     nll, m = _nll(logits, input_ids, loss_mask)
-    return F.pad(nll * m / m.sum(1, keepdim=True), (1, 0))
+    return F.pad(nll * m / m.sum(1, keepdim=True) if loss_scale is None else loss_scale * (nll * m), (1, 0))
 
 def example_losses(logits:Tensor,    # [b, L, V] next-token logits
                    input_ids:Tensor, # [b, L] tokens
                    loss_mask:Tensor, # [b, L] bool, True where the prediction of that token counts; column 0 ignored
+                   *, loss_scale:float=None, # None: the mean over counted positions; c: c times their sum
                   )->Tensor:         # [b] per-example losses
-    "$\\ell_i$: the mean over counted positions $t \\ge 1$ of $-\\log p(x_t \\mid x_{<t})$."
+    "$\\ell_i$: the mean over counted positions $t \\ge 1$ of $-\\log p(x_t \\mid x_{<t})$, or `loss_scale` times their sum."
     nll, m = _nll(logits, input_ids, loss_mask)
-    return (nll * m).sum(1) / m.sum(1)
+    return (nll * m).sum(1) / m.sum(1) if loss_scale is None else loss_scale * (nll * m).sum(1)
 
 # %% ../nbs/02_metagrad.ipynb #55e01ab2
 class _Target:
     "A model seen as a pure function of its trainable tensors: names, ties, frozen tensors, buffers, eval mode."
-    def __init__(self, model:nn.Module, device=None):
+    loss_scale = None                        # ℓ_i: the mean over counted positions (None) or c times their sum
+    def __init__(self, model:nn.Module, device=None, loss_scale:float=None):
         if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if loss_scale is not None:
+            if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)):
+                raise TypeError(f"loss_scale must be None or a number, got {type(loss_scale).__name__}")
+            if not 0 < loss_scale < float("inf"): raise ValueError(f"loss_scale must be positive and finite, got {loss_scale!r}")
+        self.loss_scale = loss_scale
         try:
             from .models import require_eager
         except ImportError: require_eager = None
@@ -84,22 +92,22 @@ class _Target:
 
     def losses(self, P:dict, ids:Tensor, mask:Tensor)->Tensor:
         "Per-example losses [b] of the model with trained tensors `P`."
-        return example_losses(self.logits(P, ids), ids, mask)
+        return example_losses(self.logits(P, ids), ids, mask, loss_scale=self.loss_scale)
 
     def weighted(self, P:dict, ids:Tensor, mask:Tensor, w:Tensor)->Tensor:
         "$\\sum_i w_i\\ell_i$ for row weights `w` [b], or $\\sum_{i,t} w_{i,t}\\ell_{i,t}$ for token weights [b, L]."
-        if w.dim() == 2: return (w * token_losses(self.logits(P, ids), ids, mask)).sum()
+        if w.dim() == 2: return (w * token_losses(self.logits(P, ids), ids, mask, loss_scale=self.loss_scale)).sum()
         return (w * self.losses(P, ids, mask)).sum()
 
     def grad(self, P:dict, ids, mask, w, b:int, mb:int=None, create_graph=False)->dict:
-        "$g = \\nabla_\\phi \\frac1b\\sum_i w_i\\ell_i$ (or with token weights) over the rows given, summed over microbatches of `mb` rows."
-        n, G = ids.shape[0], None
-        for s in range(0, n, mb or n):
+        "$g = \\nabla_\\phi \\frac1b\\sum_i w_i\\ell_i$ (or with token weights) over the rows given (none: 0), summed over microbatches of `mb` rows."
+        n, G = ids.shape[0], [torch.zeros_like(P[k]) for k in self.trained]
+        for s in range(0, n, mb or max(n, 1)):
             e = min(n, s + (mb or n))
             loss = self.weighted(P, ids[s:e], mask[s:e], w[s:e]) / b
             gs = torch.autograd.grad(loss, [P[k] for k in self.trained], create_graph=create_graph, allow_unused=True)
             gs = [torch.zeros_like(P[k]) if g is None else g for k, g in zip(self.trained, gs)]
-            G = gs if G is None else [a + c for a, c in zip(G, gs)]
+            G = gs if s == 0 else [a + c for a, c in zip(G, gs)]
         return dict(zip(self.trained, G))
 
 # %% ../nbs/02_metagrad.ipynb #c56a9f65
@@ -112,9 +120,56 @@ class _eval_mode:
     def __exit__(self, *a):
         for m, t in self.modes: m.training = t
 
+# %% ../nbs/02_metagrad.ipynb #a8d0b7e2
+def _steps(n:int, b:int)->list:
+    "Each inner step's rows as (start, end): b at a time, the last step whatever remains."
+    return [(s, min(n, s + b)) for s in range(0, n, b)]
+
+class _DefaultGroup:
+    "The default of `group=`: torch.distributed's default group when it is initialized with more than one rank, else none."
+    def __repr__(self): return "DEFAULT_GROUP"
+DEFAULT_GROUP = _DefaultGroup()
+
+# %% ../nbs/02_metagrad.ipynb #a8d0b7e3
+class _Ranks:
+    "The ranks that share one inner run: this process alone (size 1), or the members of a torch.distributed group."
+    def __init__(self, group=None):
+        import torch.distributed as dist
+        self.dist, self.group, self.rank, self.size = dist, None, 0, 1
+        on = dist.is_available() and dist.is_initialized()
+        if group is DEFAULT_GROUP: group = dist.group.WORLD if on else None
+        if group is None: return
+        if not (dist.is_available() and isinstance(group, dist.ProcessGroup)):
+            raise TypeError(f"group must be a torch.distributed ProcessGroup, None or DEFAULT_GROUP; got {type(group).__name__}")
+        if not on: raise ValueError("group= is a process group, but torch.distributed is not initialized")
+        if dist.get_rank(group) < 0: raise ValueError("this process is not a member of group=")
+        if dist.get_world_size(group) > 1: self.group, self.rank, self.size = group, dist.get_rank(group), dist.get_world_size(group)
+
+    def share(self, s:int, e:int)->tuple:
+        "This rank's contiguous share (start, end) of rows s .. e-1; shares differ by at most one row."
+        q, r = divmod(e - s, self.size)
+        a = s + self.rank * q + min(self.rank, r)
+        return a, a + q + (self.rank < r)
+
+    def sum(self, d:dict)->dict:
+        "The tensors of `d` summed over the ranks, in one all-reduce; alone, `d` itself."
+        if self.size == 1 or not d: return d
+        flat = torch.cat([v.detach().reshape(-1) for v in d.values()])
+        self.dist.all_reduce(flat, group=self.group)
+        return {k: x.view_as(v).to(v.dtype) for (k, v), x in zip(d.items(), flat.split([v.numel() for v in d.values()]))}
+
+    def same(self, device, *xs):
+        "Refuse ranks given different arguments (they would wait on each other, or add up different runs)."
+        if self.size == 1: return
+        v = torch.tensor([float(x) for x in xs], dtype=torch.float64, device=device)
+        v = torch.cat([v, -v]); self.dist.all_reduce(v, op=self.dist.ReduceOp.MAX, group=self.group)
+        if not torch.equal(v[:len(xs)], -v[len(xs):]):
+            raise ValueError("the ranks of the group were given different data or arguments: every rank must pass the same "
+                             "input_ids, loss_mask, weights, batch_size, ... (or group=None for separate inner runs)")
+
 # %% ../nbs/02_metagrad.ipynb #24684721
-def _check_data(input_ids, loss_mask, batch_size, microbatch_size, vocab=None):
-    "Validate the data arguments of `rewards`/`train`; return (ids, mask, T)."
+def _check_data(input_ids, loss_mask, batch_size, microbatch_size, vocab=None, last_batch="error"):
+    "Validate the data arguments of `rewards`/`train`; return (ids, mask, the steps' (start, end) rows)."
     if not isinstance(input_ids, Tensor): raise TypeError(f"input_ids must be a LongTensor, got {type(input_ids).__name__}")
     if input_ids.dtype != torch.long: raise TypeError(f"input_ids must be a LongTensor (torch.long), got {input_ids.dtype}")
     if input_ids.dim() != 2: raise ValueError(f"input_ids must be [n, L], got shape {tuple(input_ids.shape)}")
@@ -125,7 +180,10 @@ def _check_data(input_ids, loss_mask, batch_size, microbatch_size, vocab=None):
         raise ValueError(f"input_ids has token id {int(input_ids.max())} >= the model's vocabulary size {vocab}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if n == 0 or n % batch_size: raise ValueError(f"n={n} rows is not a positive multiple of batch_size={batch_size}: T = n/b must be a whole number of steps")
+    if last_batch not in ("error", "keep"): raise ValueError(f"last_batch must be 'error' or 'keep', got {last_batch!r}")
+    if n == 0 or (n % batch_size and last_batch == "error"):
+        raise ValueError(f"n={n} rows is not a positive multiple of batch_size={batch_size}: T = n/b must be a whole number "
+                         "of steps (last_batch='keep' trains the remaining rows as a shorter last step)")
     if microbatch_size is not None and (not isinstance(microbatch_size, int) or isinstance(microbatch_size, bool) or microbatch_size < 1):
         raise ValueError(f"microbatch_size must be a positive int or None, got {microbatch_size!r}")
     if loss_mask is None: mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -138,7 +196,7 @@ def _check_data(input_ids, loss_mask, batch_size, microbatch_size, vocab=None):
     mask[:, 0] = False
     empty = (~mask.any(1)).nonzero().flatten().tolist()
     if empty: raise ValueError(f"rows {empty[:10]} have no counted position (loss_mask is False at every position >= 1)")
-    return input_ids, mask, n // batch_size
+    return input_ids, mask, _steps(n, batch_size)
 
 def _vocab(model):
     try: return model.get_input_embeddings().num_embeddings
@@ -149,14 +207,15 @@ def _check_opt(opt):
         raise TypeError(f"opt must have init(params) and step(params, grads, state), like dpg_nb.optim.SGD/AdamW; got {type(opt).__name__}")
 
 # %% ../nbs/02_metagrad.ipynb #0200a6aa
-def _sft(tgt, ids, mask, w, opt, b, T, mb, before_step=None):
-    "T steps of `opt` from φ_0 on weighted rows; `before_step(t, φ_t, S_t, g_t)` sees each state before its update. Returns φ_T."
+def _sft(tgt, ids, mask, w, opt, steps, mb, before_step=None, ranks=None):
+    "`opt` from φ_0 over `steps` of weighted rows, each gradient summed over `ranks`; `before_step(t, φ_t, S_t, g_t)` sees each state before its update. Returns φ_T."
+    ranks = ranks or _Ranks()
     P = {k: v.clone() for k, v in tgt.phi0.items()}
     S = opt.init(P)
-    for t in range(T):
-        r = slice(t * b, t * b + b)
+    for t, (s, e) in enumerate(steps):
+        a, c = ranks.share(s, e)
         Q = {k: v.requires_grad_() for k, v in P.items()}
-        g = tgt.grad(Q, ids[r], mask[r], w[r], b, mb)
+        g = ranks.sum(tgt.grad(Q, ids[a:c], mask[a:c], w[a:c], e - s, mb))
         P = {k: v.detach() for k, v in Q.items()}
         if before_step is not None: before_step(t, P, S, g)
         with torch.no_grad(): P, S = opt.step(P, g, S)
@@ -170,15 +229,20 @@ def train(model:nn.Module,         # the target; its own parameters are not modi
           weights:Tensor=None,     # [n] virtual example weights w, or [n, L] token weights (default 1)
           *, microbatch_size:int=None, # rows per forward pass (memory only; same result)
           device=None,             # where to train (default: the model's device)
+          loss_scale:float=None,   # None: $\ell_i$ the mean over counted positions; c: c times their sum
+          last_batch:str="error",  # "error": b must divide n; "keep": a last, shorter step of the remaining rows
+          group=DEFAULT_GROUP,     # the ranks that share each step's rows (see above); None: this process alone
          )->dict:                  # $\phi_T$ keyed like `named_parameters(remove_duplicate=False)`
     "Plain SFT, the inner learning algorithm $\\mathcal A(w, D)$: returns the trained tensors, the model untouched."
-    tgt = _Target(model, device)
+    tgt = _Target(model, device, loss_scale)
     _check_opt(opt)
-    ids, mask, T = _check_data(input_ids, loss_mask, batch_size, microbatch_size, _vocab(model))
-    ids, mask, b = ids.to(tgt.device), mask.to(tgt.device), batch_size
+    ids, mask, steps = _check_data(input_ids, loss_mask, batch_size, microbatch_size, _vocab(model), last_batch)
+    ids, mask = ids.to(tgt.device), mask.to(tgt.device)
     w = torch.ones(ids.shape[0], dtype=tgt.dtype, device=tgt.device) if weights is None else weights.detach().to(tgt.device, tgt.dtype)
     if w.shape not in (ids.shape[:1], ids.shape): raise ValueError(f"weights must have shape [{ids.shape[0]}] or {list(ids.shape)}, got {tuple(w.shape)}")
-    with _eval_mode(model): P = _sft(tgt, ids, mask, w, opt, b, T, microbatch_size)
+    ranks = _Ranks(group)
+    ranks.same(tgt.device, *ids.shape, w.dim(), batch_size, microbatch_size or 0, len(steps), int(ids.sum()), int(mask.sum()), float(w.double().sum()))
+    with _eval_mode(model): P = _sft(tgt, ids, mask, w, opt, steps, microbatch_size, ranks=ranks)
     return {k: v.detach() for k, v in tgt.full(P).items()}
 
 # %% ../nbs/02_metagrad.ipynb #472e70d7
@@ -211,14 +275,13 @@ def _check_finite(r, opt):
     return r
 
 # %% ../nbs/02_metagrad.ipynb #c6d1721a
-def _unroll(tgt, ids, mask, metric, opt, b, T, mb, wshape):
-    "The oracle: one autograd graph through all T steps (create_graph), differentiated w.r.t. w at w = 1."
+def _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape):
+    "The oracle: one autograd graph through all steps (create_graph), differentiated w.r.t. w at w = 1."
     w = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device, requires_grad=True)   # a weight per row, or per token
     P = {k: v.clone().requires_grad_() for k, v in tgt.phi0.items()}
     S = opt.init({k: v.detach() for k, v in P.items()})
-    for t in range(T):
-        r = slice(t * b, t * b + b)
-        g = tgt.grad(P, ids[r], mask[r], w[r], b, mb, create_graph=True)
+    for s, e in steps:
+        g = tgt.grad(P, ids[s:e], mask[s:e], w[s:e], e - s, mb, create_graph=True)
         P, S = opt.step(P, g, S)
     _metric_grad(metric, tgt, P)                       # validates the metric (scalar, depends on the params)
     phi = metric(tgt.full(P)).reshape(())
@@ -266,42 +329,42 @@ def opt_vjp(opt,               # the optimizer
     return dict(zip(Pl, res[:K])), dict(zip(gl, res[K:2 * K])), dict(zip(Sl, res[2 * K:]))
 
 # %% ../nbs/02_metagrad.ipynb #ea135d2b
-def _replay(tgt, ids, mask, metric, opt, b, T, mb, wshape, ckpt_dir=None, progress=False):
-    "Adjoint recurrence, one step at a time; the states φ_t, S_t are spilled to disk on the way forward."
+def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None):
+    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are spilled to disk on the way forward."
+    ranks = ranks or _Ranks()
     ones = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device)
     out = torch.zeros(wshape, dtype=tgt.dtype, device=tgt.device)
+    keep_g = mb is not None or ranks.size > 1           # g_t is not the gradient of one double backward's graph: save it
     folder = tempfile.mkdtemp(prefix="dpg-replay-", dir=ckpt_dir)
     f = lambda t: os.path.join(folder, f"step{t:06d}.pt")
     try:
-        # forward: plain training, saving (φ_t, S_t) [and g_t when microbatching] before each step
-        save = lambda t, P, S, g: torch.save({"P": P, "S": S, "g": g if mb else None}, f(t))
-        P = _sft(tgt, ids, mask, ones, opt, b, T, mb, before_step=save)
+        # forward: plain training, saving (φ_t, S_t) [and g_t] before each step
+        save = lambda t, P, S, g: torch.save({"P": P, "S": S, "g": g if keep_g else None}, f(t))
+        P = _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=save, ranks=ranks)
         _, Pbar = _metric_grad(metric, tgt, P)
         del P
         Sbar = None
-        steps = range(T - 1, -1, -1)
-        if progress:
+        order = range(len(steps) - 1, -1, -1)
+        if progress and ranks.rank == 0:
             from tqdm.auto import tqdm
-            steps = tqdm(steps, desc="metagradient", total=T)
+            order = tqdm(order, desc="metagradient", total=len(steps))
         # backward: t = T-1 .. 0
-        for t in steps:
+        for t in order:
             ck = torch.load(f(t), map_location=tgt.device, weights_only=True)
             os.remove(f(t))
-            r = slice(t * b, t * b + b)
+            (s, e), (a, c) = steps[t], ranks.share(*steps[t])     # the step's rows; this rank's share
             P = {k: v.requires_grad_() for k, v in ck["P"].items()}
-            w = ones[r].clone().requires_grad_()
-            if mb is None:                              # one double-backward: g_t with its graph, then <ḡ, g_t>
-                g = tgt.grad(P, ids[r], mask[r], w, b, None, create_graph=True)
+            w = ones[a:c].clone().requires_grad_()
+            if keep_g: gd = ck["g"]
+            else:                                       # one double-backward: g_t with its graph, then <ḡ, g_t>
+                g = tgt.grad(P, ids[a:c], mask[a:c], w, e - s, None, create_graph=True)
                 gd = {k: v.detach() for k, v in g.items()}
-            else: gd = ck["g"]
             pdir, gbar, Sbar = opt_vjp(opt, {k: v.detach() for k, v in P.items()}, gd, ck["S"], Pbar, Sbar)
             hv = {k: torch.zeros_like(v) for k, v in P.items()}
             rw = torch.zeros_like(w)
-            chunks = [(0, b)] if mb is None else [(s, min(b, s + mb)) for s in range(0, b, mb)]
-            for s, e in chunks:
-                if mb is not None:
-                    rr = slice(t * b + s, t * b + e)
-                    g = tgt.grad(P, ids[rr], mask[rr], w[s:e], b, None, create_graph=True)
+            for x in range(a, c, mb or max(c - a, 1)):      # microbatches of the share (none if it is empty)
+                y = min(c, x + (mb or c - a))
+                if keep_g: g = tgt.grad(P, ids[x:y], mask[x:y], w[x - a:y - a], e - s, None, create_graph=True)
                 keys = [k for k in tgt.trained if g[k].requires_grad]
                 dot = sum((gbar[k] * g[k]).sum() for k in keys)
                 if t == 0: keys = []                    # φ̄_0 is not needed: only the rewards of the first step
@@ -310,9 +373,11 @@ def _replay(tgt, ids, mask, metric, opt, b, T, mb, wshape, ckpt_dir=None, progre
                     if h is not None: hv[k] = hv[k] + h
                 if res[-1] is not None: rw = rw + res[-1]
                 del g, dot, res
-            out[r] = rw.detach()
+            out[a:c] = rw.detach()
+            if t > 0: hv = ranks.sum(hv)                # H_t ḡ_t: the shares' sum
             Pbar = {k: pdir[k] + hv[k] for k in pdir}
             del ck, P, hv, pdir, gbar
+        out = ranks.sum({"r": out})["r"]                # every rank gets every row's reward
     finally: shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -329,20 +394,25 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
             ckpt_dir:str=None,      # where replay spills the states φ_t (default: a temporary folder)
             progress:bool=False,    # show a progress bar over the backward steps
             per_token:bool=False,   # also split each reward over the row's loss terms: [n, L], $r_{i,t}$, summing to $r_i$
-           )->Tensor:               # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$ (or [n, L]), in the model's dtype
+            loss_scale:float=None,  # None: $\ell_i$ the mean over counted positions; c: c times their sum
+            last_batch:str="error", # "error": b must divide n; "keep": a last, shorter step of the remaining rows
+            group=DEFAULT_GROUP,    # ranks sharing each step's rows (every rank passes the same arguments); None: this process alone. "unroll" runs whole on every rank
+           )->Tensor:               # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$ (or [n, L]), in the model's dtype, on every rank
     "Per-example DPG rewards: exact metagradients of the metric after SFT on `input_ids`, w.r.t. the example weights."
     if engine not in ("replay", "unroll"): raise ValueError(f"engine must be 'replay' or 'unroll', got {engine!r}")
     if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
     _check_opt(opt)
-    tgt = _Target(model, device)
-    ids, mask, T = _check_data(input_ids, loss_mask, batch_size, microbatch_size, _vocab(model))
+    tgt = _Target(model, device, loss_scale)
+    ids, mask, steps = _check_data(input_ids, loss_mask, batch_size, microbatch_size, _vocab(model), last_batch)
     ids, mask = ids.to(tgt.device), mask.to(tgt.device)
     mb = microbatch_size if microbatch_size is not None and microbatch_size < batch_size else None
+    ranks = _Ranks(group)
+    ranks.same(tgt.device, *ids.shape, batch_size, mb or 0, len(steps), int(ids.sum()), int(mask.sum()), per_token, engine == "unroll")
     with _eval_mode(model):
         try:
             wshape = ids.shape if per_token else ids.shape[:1]
-            if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, batch_size, T, mb, wshape)
-            else: r = _replay(tgt, ids, mask, metric, opt, batch_size, T, mb, wshape, ckpt_dir, progress)
+            if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape)
+            else: r = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks)
         except RuntimeError as e:
             err = _double_backward_error(e)
             if err is None: raise
@@ -356,13 +426,15 @@ def drop_one(model:nn.Module,        # the target, as for `rewards`
              opt,                    # `dpg_nb.optim.SGD` / `AdamW`
              batch_size:int,         # b, rows per inner step
              loss_mask:Tensor=None,  # [n, L] BoolTensor, as for `rewards`
-             *, microbatch_size:int=None, device=None,
+             *, microbatch_size:int=None, device=None, loss_scale:float=None, last_batch:str="error",
+             group=DEFAULT_GROUP,    # as for `train`: ranks that share each retraining's steps, or None
              progress:bool=False,    # show a progress bar over the n retrainings
             )->Tensor:               # [n] float64: $e_i = \Phi(\mathcal A(\mathbf 1)) - \Phi(\mathcal A(w_i = 0))$
     "The finite oracle of `rewards`: the change of Φ when each row in turn is left out of the inner run (n + 1 runs)."
     if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
     def phi(w):
-        P = train(model, input_ids, opt, batch_size, loss_mask, w, microbatch_size=microbatch_size, device=device)
+        P = train(model, input_ids, opt, batch_size, loss_mask, w, microbatch_size=microbatch_size, device=device,
+                  loss_scale=loss_scale, last_batch=last_batch, group=group)
         with torch.no_grad(): v = metric(P)
         if not isinstance(v, Tensor) or v.numel() != 1: raise TypeError("metric(params) must return a scalar Tensor")
         return float(v)
@@ -393,4 +465,3 @@ def spearman(a, b, # two [n] score vectors (tensors or arrays)
     ra, rb = _ranks(a), _ranks(b)
     if ra.std() == 0 or rb.std() == 0: raise ValueError("a constant score has no ranking")
     return float(np.corrcoef(ra, rb)[0, 1])
-

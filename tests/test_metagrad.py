@@ -64,3 +64,15 @@ def test_sgd_finite_differences_pure_float64(tie):
     Phi = lambda w: phi(train(m, ids, opt, 2, loss_mask=mask, weights=w)).item()
     fd = torch.tensor([(Phi(1 + h * E[i]) - Phi(1 - h * E[i])) / (2 * h) for i in range(8)], dtype=torch.float64)
     assert _rel(fd, r) <= 1e-6
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+@pytest.mark.parametrize("mb", [1, 2, 3])
+def test_microbatches_equal_one_batch(opt_name, mb):
+    "Replay with `microbatch_size` gives the unbatched rewards: row and token rewards, a kept last step, a scaled sum."
+    opt = SGD(0.5, weight_decay=0.1) if opt_name == "sgd" else AdamW(1e-2, weight_decay=0.1)
+    ids, mask = _data(11, seed=5)
+    for tie, kw in ((True, {}), (False, dict(per_token=True)), (True, dict(last_batch="keep", loss_scale=0.2))):
+        n = 11 if "last_batch" in kw else 8
+        one = rewards(_lm(tie), ids[:n], _phi, opt, 4, loss_mask=mask[:n], **kw)
+        assert torch.isfinite(one).all() and one.abs().max() > 0
+        assert _rel(rewards(_lm(tie), ids[:n], _phi, opt, 4, loss_mask=mask[:n], microbatch_size=mb, **kw), one) <= 1e-10
