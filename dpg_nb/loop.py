@@ -506,8 +506,8 @@ def step_advantages(cfg:Config, r:torch.Tensor, group:torch.Tensor)->torch.Tenso
     return A
 
 # %% ../nbs/08_loop.ipynb #f07b1d09
-from .runfolder import (read_metrics, strip_timing, generator_state, save_checkpoint, load_checkpoint, read_checkpoint,
-                              save_generator, TIMING)
+from .runfolder import (
+    read_metrics, strip_timing, generator_state, save_checkpoint, load_checkpoint, read_checkpoint, save_generator, TIMING)
 _all_ = ["UserError", "Diverged", "read_metrics", "strip_timing", "generator_state", "save_checkpoint", "load_checkpoint",
          "read_checkpoint", "save_generator", "TIMING"]
 _atomic_write, _write_json, _append_row, _trainable = RF.atomic_write, RF.write_json, RF.append_row, RF.trainable
@@ -665,8 +665,8 @@ class Run:
             for g in self.gen_opt.param_groups: g["lr"] = gen_lr_at(c, step)
             ok = torch.isfinite(r)                  # a row without a reward takes no part in the update, nor in its token mean
             keep = ok.nonzero()[:, 0]
-            st = policy_step(self.gen, self.gen_opt, ro if ok.all() else ro.select(keep), A[keep].to(self.gdev, torch.float32), minibatch_size=c.minibatch,
-                             epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
+            st = policy_step(self.gen, self.gen_opt, ro if ok.all() else ro.select(keep), A[keep].to(self.gdev, torch.float32),
+                             minibatch_size=c.minibatch, epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
                              ref_model=self.ref, temperature=c.temperature)
             self.gen.eval()
         else: st = dict(loss=None, kl=None, clip_frac=None, grad_norm=None)   # nothing to learn from: no update
@@ -751,39 +751,43 @@ def run(cfg:Config, # a validated config (see `resolve`)
     finally: torch.set_num_threads(threads)
 
 def _run(cfg, out, resume, progress):
-    from tqdm.auto import tqdm
     R = Run(cfg, out, resume)                       # everything that can fail on user input, before any write
     with RF.RunLock(out):                           # one run at a time writes `out`; a second is refused, naming this one
         if RF.check_out(out, resume): _check_resumable(out, cfg)   # again: the folder may have changed meanwhile
-        RF.sweep(out)
-        metrics = out / "metrics.jsonl"
-        start, seen, ck = 0, 0, (RF.load_checkpoint(out, R.gen, R.gen_opt) if resume else None)
-        if ck is not None:                          # the newest intact checkpoint; metrics.jsonl cut back to its rows
-            start, seen = ck["step"], ck["examples_seen"]
-            R.wrote_val_image = ck["extra"].get("wrote_val_image", False)
-        else:
-            if metrics.exists(): metrics.unlink()        # a resumed run killed before its first checkpoint starts over
-            _seed_everything(cfg.seed)
-        last = start if ck is not None else None    # the last checkpoint's step
-        _write_json(out / "config.json", dict(config=asdict(cfg), versions=_versions(), git_commit=_git_commit(),
-                    device=dict(generator=str(R.gdev), target=str(next(R.target.parameters()).device)),
-                    threads=torch.get_num_threads()))
-        if start == 0: _append_row(metrics, _finite(cfg, R.val_step(0, 0), out, last))
-        bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not progress,
-                   desc=f"{cfg.experiment}/{cfg.reward}", file=sys.stderr, dynamic_ncols=True)
-        for step in bar:
-            seen += cfg.n_rollouts
-            row = _finite(cfg, R.train_step(step, seen), out, last, R.gen)
-            v = _finite(cfg, R.val_step(step, seen), out, last) if step % cfg.val_every == 0 or step == cfg.steps else None
-            _append_row(metrics, row)               # the step's rows, once all of them are finite
-            if v is not None: _append_row(metrics, v)
-            bar.set_postfix(phi=f"{row['phi']:.4g}", **({} if v is None else dict(val=f"{v['phi']:.4g}")))
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_checkpoint(out, step, seen, R.gen, R.gen_opt, dict(wrote_val_image=R.wrote_val_image)); last = step
-        bar.close()
-        save_generator(out, R.gen, R.gtok)
-        plot_run(out)
-        return read_metrics(out)
+        RF.sweep(out)                               # temporaries a killed run left behind
+        return _run_steps(cfg, out, resume, progress, R)
+
+def _run_steps(cfg, out, resume, progress, R):
+    "The run's steps, its folder locked."
+    from tqdm.auto import tqdm
+    metrics = out / "metrics.jsonl"
+    start, seen, ck = 0, 0, (load_checkpoint(out, R.gen, R.gen_opt) if resume else None)   # the newest intact checkpoint
+    if ck is not None:                              # (metrics.jsonl cut back to its rows)
+        start, seen = ck["step"], ck["examples_seen"]
+        R.wrote_val_image = ck["extra"].get("wrote_val_image", False)
+    else:
+        if metrics.exists(): metrics.unlink()        # a resumed run killed before its first checkpoint starts over
+        _seed_everything(cfg.seed)
+    last = start if ck is not None else None        # the last checkpoint's step
+    _write_json(out / "config.json", dict(config=asdict(cfg), versions=_versions(), git_commit=_git_commit(),
+                device=dict(generator=str(R.gdev), target=str(next(R.target.parameters()).device)),
+                threads=torch.get_num_threads()))
+    if start == 0: _append_row(metrics, _finite(cfg, R.val_step(0, 0), out, last))
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not progress,
+               desc=f"{cfg.experiment}/{cfg.reward}", file=sys.stderr, dynamic_ncols=True)
+    for step in bar:
+        seen += cfg.n_rollouts
+        row = _finite(cfg, R.train_step(step, seen), out, last, R.gen)      # a step's rows are written once all are finite
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            v = _finite(cfg, R.val_step(step, seen), out, last); _append_row(metrics, row); _append_row(metrics, v)
+            bar.set_postfix(phi=f"{row['phi']:.4g}", val=f"{v['phi']:.4g}")
+        else: _append_row(metrics, row); bar.set_postfix(phi=f"{row['phi']:.4g}")
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_checkpoint(out, step, seen, R.gen, R.gen_opt, dict(wrote_val_image=R.wrote_val_image)); last = step
+    bar.close()
+    save_generator(out, R.gen, R.gtok)
+    plot_run(out)
+    return read_metrics(out)
 
 def resume_config(out:str|Path, overrides:dict=None)->Config:
     "The config a run in `out` was started with, with `overrides` (only `steps` may change) applied."
@@ -873,7 +877,8 @@ def sample_run(out:str|Path, # a finished run's folder (with `generator/`)
     if not (out / "generator").is_dir(): raise UserError(f"{out} has no trained generator (generator/): is the run finished?")
     if not isinstance(n, int) or n < 1: raise UserError(f"n must be a positive integer, got {n!r}")
     conf = RF.read_config(out)
-    if set(conf) - {f.name for f in fields(Config)}: raise UserError(f"{out}/config.json has keys this version does not know: {sorted(set(conf) - {f.name for f in fields(Config)})}")
+    unknown = sorted(set(conf) - {f.name for f in fields(Config)})
+    if unknown: raise UserError(f"{out}/config.json has keys this version does not know: {unknown}")
     cfg = validate(Config(**conf))
     if max_new_tokens is not None and not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
         raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
