@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #0a10a309
 from __future__ import annotations
-import argparse, sys
+import argparse, sys, traceback
 from pathlib import Path
 from . import loop as L
 
@@ -12,7 +12,7 @@ from . import loop as L
 __all__ = ['USER_ERRORS', 'parser', 'cmd_run', 'cmd_list', 'cmd_plot', 'cmd_sample', 'main']
 
 # %% ../nbs/09_cli.ipynb #5fb7aceb
-USER_ERRORS = (ValueError, TypeError, NotImplementedError, FileNotFoundError, FileExistsError, OSError)
+USER_ERRORS = (L.UserError,)    # what `dpg` reports as the user's mistake: one line, status 2; anything else is a bug
 
 def _overrides(items:list)->dict:
     out = {}
@@ -28,6 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser()->argparse.ArgumentParser:
     p = _Parser(prog="dpg", description="Dataset Policy Gradient: train a generator whose data makes a target do well on a metric.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error too (anywhere on the line)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run an experiment")
     r.add_argument("experiment", nargs="?", default="qr", help="qr | sixseven | l2 | language | uuid (see `dpg list`)")
@@ -80,9 +81,12 @@ def cmd_sample(a)->int:
     return 0
 
 def main(argv:list=None)->int:
-    "Entry point of the `dpg` console script; user errors exit with status 2 and one line on stderr."
+    "Entry point of the `dpg` console script: a user error is one line on stderr and status 2 (`--debug`: its traceback too); a bug, its traceback and status 1."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [x for x in argv if x != "--debug"]
     try:
-        a, rest = parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+        a, rest = parser().parse_known_args(argv)
         if a.cmd == "run":
             # key=value may sit anywhere after `run`, even before or between options
             if "=" in a.experiment: a.overrides, a.experiment = [a.experiment] + a.overrides, "qr"
@@ -91,11 +95,16 @@ def main(argv:list=None)->int:
         if rest: raise L.UserError(f"unrecognized arguments: {' '.join(rest)}")
         return dict(run=cmd_run, list=cmd_list, plot=cmd_plot, sample=cmd_sample)[a.cmd](a)
     except USER_ERRORS as e:
+        if debug: traceback.print_exc()
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr); return 130
+    except Exception:
+        traceback.print_exc()
+        print("dpg: the error above is a bug (in dpg_nb, or in code it called), not a problem with the input", file=sys.stderr)
+        return 1
 
 # %% ../nbs/09_cli.ipynb #1332e16d
 def _entry(): sys.exit(main())

@@ -13,15 +13,17 @@ import torch
 
 from . import targets as T
 from .models import tiny_lm, require_eager
+from . import runfolder as RF
+from .runfolder import UserError, Diverged
 
 # %% auto #0
 __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER', 'QR_CPU',
-           'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'TIMING', 'READABLE', 'Config', 'UserError',
-           'Experiment', 'register_experiment', 'patch_col0', 'resolve', 'validate', 'build_target', 'build_models',
+           'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'READABLE', 'Config', 'Experiment',
+           'register_experiment', 'patch_col0', 'resolve', 'validate', 'build_target', 'build_models',
            'select_trainable', 'sft', 'inner_rows', 'fold_padding', 'Prompts', 'gen_lr_at', 'step_rewards',
-           'response_rewards_to_go', 'step_advantages', 'read_metrics', 'save_checkpoint', 'load_checkpoint',
-           'load_metric', 'make_metric', 'Run', 'run', 'save_generator', 'resume_config', 'plot_runs', 'plot_run',
-           'sample_run', 'strip_timing', 'generator_state']
+           'response_rewards_to_go', 'step_advantages', 'load_metric', 'make_metric', 'Run', 'run', 'resume_config',
+           'plot_runs', 'plot_run', 'sample_run', 'UserError', 'Diverged', 'read_metrics', 'strip_timing',
+           'generator_state', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint', 'save_generator', 'TIMING']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
@@ -105,9 +107,6 @@ class Config:
     def n_rollouts(self): return self.prompts_per_step * self.samples_per_prompt
 
 # %% ../nbs/08_loop.ipynb #0ccfb89f
-class UserError(ValueError):
-    "A problem with the user's input; `dpg` prints it on one line and exits with status 2."
-
 def _parse_value(key, raw, typ):
     if typ in (int, "int"):
         try: return int(raw)
@@ -300,6 +299,12 @@ def _device(d:str)->torch.device:
 
 def _dtype(s:str)->torch.dtype: return getattr(torch, s)
 
+def _load_model(name:str, key:str, dtype)->tuple:
+    "`dpg_nb.models.load`, with a model that does not load (no such folder, no access) as the user's error."
+    from dpg_nb import models as M
+    try: return M.load(name, dtype=dtype)
+    except OSError as e: raise UserError(f"{key}={name!r}: {str(e).splitlines()[0]}") from None
+
 def build_target(cfg:Config, vocab_size:int, tokenizer=None)->tuple:
     "`(target, target_tokenizer)` for `cfg` at its initial weights, on the CPU: a tiny Llama over the generator's `vocab_size` ids sharing its `tokenizer` (ids pass through), or a loaded model."
     from dpg_nb import models as M
@@ -307,7 +312,7 @@ def build_target(cfg:Config, vocab_size:int, tokenizer=None)->tuple:
         t, tok = tiny_lm(vocab_size, cfg.target_hidden, cfg.target_layers, max_len=max(cfg.max_len, 256),
                          seed=cfg.seed + 1, dtype=_dtype(cfg.target_dtype)), tokenizer
     elif cfg.target == "smollm2": t, tok = M.smollm2(dtype=_dtype(cfg.target_dtype))
-    else: t, tok = M.load(cfg.target, dtype=_dtype(cfg.target_dtype))
+    else: t, tok = _load_model(cfg.target, "target", _dtype(cfg.target_dtype))
     select_trainable(t, cfg.target_train, "target_train")
     return t, tok
 
@@ -319,7 +324,7 @@ def build_models(cfg:Config)->tuple:
     if cfg.generator == "tiny":
         gen, gtok = tiny_lm(cfg.vocab_size, cfg.gen_hidden, cfg.gen_layers, seed=cfg.seed, dtype=gdt), None
     elif cfg.generator == "smollm2": gen, gtok = M.smollm2(dtype=gdt)
-    else: gen, gtok = M.load(cfg.generator, dtype=gdt)
+    else: gen, gtok = _load_model(cfg.generator, "generator", gdt)
     target, ttok = build_target(cfg, cfg.vocab_size if gtok is None else gen.config.vocab_size, gtok)
     if (gtok is None) != (ttok is None):
         raise UserError("the generator and the target need tokenizers both (text) or neither (shared token ids)")
@@ -408,7 +413,8 @@ class Prompts:
         self.cfg, self.tok = cfg, tok
         if tok is None: return
         from dpg_nb import data as D
-        texts = D.load_texts(cfg.prompts) if cfg.prompts else D.prose_passages()
+        try: texts = D.load_texts(cfg.prompts) if cfg.prompts else D.prose_passages()
+        except ValueError as e: raise UserError(f"prompts={cfg.prompts!r}: {e}") from None     # no such file, a bad line
         if len(texts) < 2: raise UserError(f"need at least 2 prompt passages, got {len(texts)}")
         train, test = D.split(texts, seed=cfg.seed)
         self.train_p, self.test_p = D.rephrase_prompts(train), D.rephrase_prompts(test)
@@ -554,21 +560,11 @@ def step_advantages(cfg:Config, r:torch.Tensor, group:torch.Tensor)->torch.Tenso
     return A
 
 # %% ../nbs/08_loop.ipynb #f07b1d09
-def _atomic_write(path:Path, write:Callable):
-    "Call `write(tmp_path)`, then move the file into place atomically."
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    with open(tmp, "rb") as f: os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-def _write_json(path, obj):
-    _atomic_write(path, lambda t: Path(t).write_text(json.dumps(obj, indent=1, default=str)))
-
-def _append_row(path:Path, row:dict):
-    line = json.dumps(row, allow_nan=False) + "\n"
-    with open(path, "a") as f:
-        f.write(line); f.flush(); os.fsync(f.fileno())
+from .runfolder import (
+    read_metrics, strip_timing, generator_state, save_checkpoint, load_checkpoint, read_checkpoint, save_generator, TIMING)
+_all_ = ["UserError", "Diverged", "read_metrics", "strip_timing", "generator_state", "save_checkpoint", "load_checkpoint",
+         "read_checkpoint", "save_generator", "TIMING"]
+_atomic_write, _write_json, _append_row, _trainable = RF.atomic_write, RF.write_json, RF.append_row, RF.trainable
 
 def _clean(v):
     "JSON-safe scalar: non-finite floats become None."
@@ -577,49 +573,8 @@ def _clean(v):
     if isinstance(v, float) and not math.isfinite(v): return None
     return v
 
-TIMING = ("wall_s", "gen_s", "reward_s", "update_s")
-
-def read_metrics(out, split:str=None)->list:
-    "Rows of `out/metrics.jsonl` (all, or one split)."
-    p = Path(out) / "metrics.jsonl"
-    if not p.exists(): return []
-    rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
-    return [r for r in rows if split is None or r["split"] == split]
-
-def _rng_state()->dict:
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-def _set_rng_state(s:dict):
-    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-
 def _seed_everything(seed:int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
-
-def _trainable(gen)->dict: return {k: p for k, p in gen.named_parameters() if p.requires_grad}
-
-def save_checkpoint(out:Path, step:int, examples_seen:int, gen, gen_opt, extra:dict=None):
-    "Generator (trained parameters), its optimizer, RNG states, step and the metrics length, atomically."
-    ck = dict(step=step, examples_seen=examples_seen,
-              metrics_bytes=(out / "metrics.jsonl").stat().st_size if (out / "metrics.jsonl").exists() else 0,
-              gen={k: p.detach().cpu().clone() for k, p in _trainable(gen).items()},
-              gen_opt=gen_opt.state_dict(), rng=_rng_state(), extra=extra or {})
-    _atomic_write(out / "checkpoint.pt", lambda t: torch.save(ck, t))
-
-def load_checkpoint(out:Path, gen, gen_opt)->dict:
-    "Restore what `save_checkpoint` wrote; truncate `metrics.jsonl` to the checkpoint's rows."
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    params = _trainable(gen)
-    if set(params) != set(ck["gen"]): raise UserError("the checkpoint's generator parameters do not match this config")
-    with torch.no_grad():
-        for k, p in params.items(): p.copy_(ck["gen"][k])
-    gen_opt.load_state_dict(ck["gen_opt"])
-    _set_rng_state(ck["rng"])
-    m = out / "metrics.jsonl"
-    if m.exists():
-        with open(m, "r+b") as f: f.truncate(ck["metrics_bytes"])
-    return ck
 
 # %% ../nbs/08_loop.ipynb #e5a7bc62
 def _versions()->dict:
@@ -652,17 +607,19 @@ def make_metric(cfg:Config, target, tokenizer=None):
     if not exp.ready: raise UserError(f"experiment {cfg.experiment!r} is not implemented yet")
     import inspect
     takes_tok = "tokenizer" in inspect.signature(exp.metric).parameters
-    metric = load_metric(cfg.metric) if cfg.metric else (exp.metric(cfg, target, tokenizer=tokenizer) if takes_tok else exp.metric(cfg, target))
+    try: metric = load_metric(cfg.metric) if cfg.metric else (exp.metric(cfg, target, tokenizer=tokenizer) if takes_tok else exp.metric(cfg, target))
+    except ValueError as e:                   # a size the experiment cannot use (a patch beyond the vocabulary, ...)
+        if isinstance(e, UserError): raise
+        raise UserError(f"experiment {cfg.experiment!r}: {e}") from None
     try: T.check_metric(metric, target)
     except (ValueError, TypeError) as e:
         hint = f" (target_train={cfg.target_train!r} trains only the last blocks; a tied LM head stays frozen)" if cfg.target_train != "all" else ""
         raise UserError(f"metric of {cfg.experiment!r}: {e}{hint}") from None
     return metric
 
-def _has_run(out:Path)->bool: return any((out / f).exists() for f in ("metrics.jsonl", "checkpoint.pt", "config.json"))
-
 def _check_resumable(out:Path, cfg:Config):
-    saved = json.loads((out / "config.json").read_text())["config"]
+    if not (out / "config.json").exists(): raise UserError(f"--resume: {out} holds a run but no config.json")
+    saved = RF.read_config(out)
     now = asdict(cfg)
     default = {f.name: f.default for f in fields(Config)}   # a key added since the run was started: its default
     diff = [k for k in now if k != "steps" and saved.get(k, default.get(k)) != now[k]]
@@ -715,13 +672,14 @@ class Run:
     def open(cls, out:str|Path, load:bool=True)->tuple:
         "A run folder's `Run`, its files untouched, with (`load`) its last checkpoint's generator: `(run, step)`."
         out = Path(out)
-        if not (out / "checkpoint.pt").exists(): raise ValueError(f"{out} has no checkpoint.pt")
+        if not RF.checkpoints(out): raise UserError(f"{out} holds no checkpoint: no checkpoints/ folder, no checkpoint.pt")
         R = cls(resume_config(out), out, resume=True)
         return R, (R.load_generator() if load else 0)
 
     def load_generator(self)->int:
-        "Copy the trained generator parameters of `out/checkpoint.pt` in (nothing else); its step."
-        ck = torch.load(self.out / "checkpoint.pt", weights_only=False)
+        "Copy the trained generator parameters of the newest intact checkpoint in (nothing else); its step."
+        ck = RF.read_checkpoint(self.out, state=False)
+        if ck is None: raise UserError(f"{self.out} holds no checkpoint")
         gen = dict(self.gen.named_parameters())
         with torch.no_grad():
             for k, v in ck["gen"].items(): gen[k].copy_(v)
@@ -761,8 +719,10 @@ class Run:
         t2 = time.perf_counter()
         if torch.isfinite(r).sum() >= 2 and bool((A != 0).any()):
             for g in self.gen_opt.param_groups: g["lr"] = gen_lr_at(c, step)
-            st = policy_step(self.gen, self.gen_opt, ro, A.to(self.gdev, torch.float32), minibatch_size=c.minibatch,
-                             epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
+            ok = torch.isfinite(r)                  # a row without a reward takes no part in the update, nor in its token mean
+            keep = ok.nonzero()[:, 0]
+            st = policy_step(self.gen, self.gen_opt, ro if ok.all() else ro.select(keep), A[keep].to(self.gdev, torch.float32),
+                             minibatch_size=c.minibatch, epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
                              ref_model=self.ref, temperature=c.temperature, dual_clip=c.dual_clip or None)
             self.gen.eval()
         else: st = dict(loss=None, kl=None, clip_frac=None, grad_norm=None)   # nothing to learn from: no update
@@ -832,6 +792,21 @@ class Run:
                    n_skipped=n_skipped, wall_s=time.perf_counter() - t0)
         return {k: _clean(v) for k, v in row.items()}
 
+# %% ../nbs/08_loop.ipynb #3c737af0
+def _finite(cfg:Config, row:dict, out:Path, last:int=None, gen=None)->dict:
+    "`row`, if the step's numbers are finite (and `gen`'s weights); else `Diverged`, naming the key to lower."
+    why = None
+    if row["phi"] is None: why = f"Φ of the trained target is not finite; lower inner_lr (now {cfg.inner_lr:g})"
+    elif row["split"] == "train" and 0 < row["n_nonfinite"] == cfg.n_rollouts - row["n_skipped"]:
+        why = f"no rollout's reward is finite; lower inner_lr (now {cfg.inner_lr:g})"
+    elif gen is not None and not all(bool(torch.isfinite(p).all()) for p in _trainable(gen).values()):
+        why = f"the generator's weights are not finite after its update; lower gen_lr (now {cfg.gen_lr:g})"
+        if cfg.gen_dtype in ("float16", "bfloat16"): why += f" or train in a wider gen_dtype than {cfg.gen_dtype}"
+    if why is None: return row
+    kept = f"its last checkpoint (step {last}) is intact" if last is not None else "it has no checkpoint yet"
+    raise Diverged(f"the run diverged at {row['split']} step {row['step']}: {why}, and start again in a new --out. "
+                   f"Nothing of this step was written to {out}; {kept}")
+
 # %% ../nbs/08_loop.ipynb #d3bbf824
 def run(cfg:Config, # a validated config (see `resolve`)
         out:str|Path, # the run's folder
@@ -842,72 +817,58 @@ def run(cfg:Config, # a validated config (see `resolve`)
     from tqdm.auto import tqdm
     validate(cfg)
     out = Path(out)
-    if out.exists() and not out.is_dir(): raise UserError(f"--out {out} exists and is not a folder")
-    if _has_run(out) and not resume:
-        raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if resume and (out / "config.json").exists(): _check_resumable(out, cfg)
+    if RF.check_out(out, resume): _check_resumable(out, cfg)    # a file, another run, your files: refused
     threads = torch.get_num_threads()
     if cfg.threads: torch.set_num_threads(cfg.threads)
     try: return _run(cfg, out, resume, progress)
     finally: torch.set_num_threads(threads)
 
 def _run(cfg, out, resume, progress):
-    from tqdm.auto import tqdm
     R = Run(cfg, out, resume)                       # everything that can fail on user input, before any write
-    out.mkdir(parents=True, exist_ok=True)
+    with RF.RunLock(out):                           # one run at a time writes `out`; a second is refused, naming this one
+        if RF.check_out(out, resume): _check_resumable(out, cfg)   # again: the folder may have changed meanwhile
+        RF.sweep(out)                               # temporaries a killed run left behind
+        return _run_steps(cfg, out, resume, progress, R)
+
+def _run_steps(cfg, out, resume, progress, R):
+    "The run's steps, its folder locked."
+    from tqdm.auto import tqdm
     metrics = out / "metrics.jsonl"
-    start, seen = 0, 0
-    if resume and (out / "checkpoint.pt").exists():
-        ck = load_checkpoint(out, R.gen, R.gen_opt)
+    start, seen, ck = 0, 0, (load_checkpoint(out, R.gen, R.gen_opt) if resume else None)   # the newest intact checkpoint
+    if ck is not None:                              # (metrics.jsonl cut back to its rows)
         start, seen = ck["step"], ck["examples_seen"]
         R.wrote_val_image = ck["extra"].get("wrote_val_image", False)
     else:
         if metrics.exists(): metrics.unlink()        # a resumed run killed before its first checkpoint starts over
         _seed_everything(cfg.seed)
+    last = start if ck is not None else None        # the last checkpoint's step
     _write_json(out / "config.json", dict(config=asdict(cfg), versions=_versions(), git_commit=_git_commit(),
                 device=dict(generator=str(R.gdev), target=str(next(R.target.parameters()).device)),
                 threads=torch.get_num_threads()))
     if start == 0:
-        for v in R.val_rows(0, 0): _append_row(metrics, v)
+        for v in R.val_rows(0, 0): _append_row(metrics, _finite(cfg, v, out, last))
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not progress,
                desc=f"{cfg.experiment}/{cfg.reward}", file=sys.stderr, dynamic_ncols=True)
     for step in bar:
         seen += cfg.n_rollouts
-        row = R.train_step(step, seen)
-        _append_row(metrics, row)
+        row = _finite(cfg, R.train_step(step, seen), out, last, R.gen)      # a step's rows are written once all are finite
         if step % cfg.val_every == 0 or step == cfg.steps:
-            vs = R.val_rows(step, seen)
+            vs = [_finite(cfg, v, out, last) for v in R.val_rows(step, seen)]
+            _append_row(metrics, row)
             for v in vs: _append_row(metrics, v)
             bar.set_postfix(phi=f"{row['phi']:.4g}", val=f"{vs[0]['phi']:.4g}")
-        else: bar.set_postfix(phi=f"{row['phi']:.4g}")
+        else: _append_row(metrics, row); bar.set_postfix(phi=f"{row['phi']:.4g}")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(out, step, seen, R.gen, R.gen_opt, dict(wrote_val_image=R.wrote_val_image))
+            save_checkpoint(out, step, seen, R.gen, R.gen_opt, dict(wrote_val_image=R.wrote_val_image)); last = step
     bar.close()
     save_generator(out, R.gen, R.gtok)
     plot_run(out)
     return read_metrics(out)
 
-def save_generator(out:Path, gen, tok=None):
-    "The trained generator with `save_pretrained` in `out/generator`, replaced atomically."
-    dest, tmp = out / "generator", out / ".generator.tmp"
-    if tmp.exists(): shutil.rmtree(tmp)
-    q = getattr(gen, "hf_quantizer", None)
-    if q is not None and type(q).__name__.lower().startswith("gguf"):
-        # GGUF weights are de-quantized to float when loaded (SmolLM2 here): save them as a plain checkpoint
-        gen.hf_quantizer, gen.is_quantized = None, False
-        if hasattr(gen.config, "quantization_config"): del gen.config.quantization_config
-    gen.save_pretrained(tmp)
-    if tok is not None: tok.save_pretrained(tmp)
-    old = out / ".generator.old"
-    if dest.exists(): os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old.exists(): shutil.rmtree(old)
-
 def resume_config(out:str|Path, overrides:dict=None)->Config:
     "The config a run in `out` was started with, with `overrides` (only `steps` may change) applied."
-    p = Path(out) / "config.json"
-    if not p.exists(): raise UserError(f"--resume: {out} holds no run (no config.json)")
-    saved = json.loads(p.read_text())["config"]
+    if not (Path(out) / "config.json").exists(): raise UserError(f"--resume: {out} holds no run (no config.json)")
+    saved = RF.read_config(out)
     known = {f.name for f in fields(Config)}
     if set(saved) - known: raise UserError(f"--resume: {out}'s config has keys this version does not know: {sorted(set(saved) - known)}")
     cfg = validate(Config(**saved))
@@ -935,13 +896,13 @@ def plot_runs(dirs:list, # run folders
              ):
     "Overlay runs against examples seen; seeds of the same setting as a band."
     import matplotlib.pyplot as plt   # (headless, matplotlib picks Agg itself; the caller's backend is left alone)
+    if out and not Path(out).parent.is_dir(): raise UserError(f"cannot write {out}: no folder {Path(out).parent}")
     runs = []
     for d in dirs:
-        p = Path(d) / "config.json"
-        if not p.exists(): raise UserError(f"{d} holds no run (no config.json)")
+        conf = RF.read_config(d)                 # a missing or damaged config.json: a UserError naming it
         rows = read_metrics(d, split)
         if not rows: raise UserError(f"{d} has no {split} rows in metrics.jsonl")
-        runs.append((json.loads(p.read_text())["config"], rows))
+        runs.append((conf, rows))
     cfgs = [c for c, _ in runs]
     varying = [k for k in cfgs[0] if k != "seed" and len({json.dumps(c[k]) for c in cfgs}) > 1]
     if keys is None: keys = ("phi",) + tuple(k for k in READABLE if k in runs[0][1][-1])
@@ -991,9 +952,16 @@ def sample_run(out:str|Path, # a finished run's folder (with `generator/`)
     out = Path(out)
     if not (out / "generator").is_dir(): raise UserError(f"{out} has no trained generator (generator/): is the run finished?")
     if not isinstance(n, int) or n < 1: raise UserError(f"n must be a positive integer, got {n!r}")
-    cfg = Config(**json.loads((out / "config.json").read_text())["config"])
-    gen = AutoModelForCausalLM.from_pretrained(out / "generator", attn_implementation="eager").eval()
-    tok = AutoTokenizer.from_pretrained(out / "generator") if (out / "generator" / "tokenizer_config.json").exists() else None
+    conf = RF.read_config(out)
+    unknown = sorted(set(conf) - {f.name for f in fields(Config)})
+    if unknown: raise UserError(f"{out}/config.json has keys this version does not know: {unknown}")
+    cfg = validate(Config(**conf))
+    if max_new_tokens is not None and not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    try:
+        gen = AutoModelForCausalLM.from_pretrained(out / "generator", attn_implementation="eager").eval()
+        tok = AutoTokenizer.from_pretrained(out / "generator") if (out / "generator" / "tokenizer_config.json").exists() else None
+    except OSError as e: raise UserError(f"{out / 'generator'} does not load: {str(e).splitlines()[0]}") from None
     ids, mask = Prompts(replace(cfg, val_prompts=max(n, 1)), tok).val()
     ids, mask = ids[:n], mask[:n]
     g = torch.Generator().manual_seed(seed)
@@ -1002,13 +970,3 @@ def sample_run(out:str|Path, # a finished run's folder (with `generator/`)
                     eos_id=getattr(tok, "eos_token_id", None), pad_id=(getattr(tok, "pad_token_id", None) or 0) if tok else 0,
                     generator=g, tokenizer=tok)
     return _texts(ro)
-
-# %% ../nbs/08_loop.ipynb #5f8131c1
-def strip_timing(rows:list)->list:
-    "Rows without their timing fields (what must match between runs)."
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-def generator_state(out)->dict:
-    "The trained generator's weights in a finished run's folder."
-    from safetensors.torch import load_file
-    return {k: v for f in sorted((Path(out)/"generator").glob("*.safetensors")) for k, v in load_file(f).items()}
