@@ -17,8 +17,8 @@ from . import runfolder as RF
 from .runfolder import UserError, Diverged
 
 # %% auto #0
-__all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER', 'QR_CPU',
-           'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'READABLE', 'Config', 'Experiment',
+__all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER', 'PATTERN_CPU',
+           'QR_CPU', 'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'READABLE', 'Config', 'Experiment',
            'register_experiment', 'patch_col0', 'resolve', 'validate', 'build_target', 'build_models',
            'select_trainable', 'sft', 'inner_rows', 'fold_padding', 'Prompts', 'gen_lr_at', 'step_rewards',
            'response_rewards_to_go', 'step_advantages', 'load_metric', 'make_metric', 'Run', 'run', 'resume_config',
@@ -187,12 +187,13 @@ def _uuid_metric(cfg, target, tokenizer=None):
 
 LLAMA_PAPER = dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct", gen_lr=1e-6,
                    inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, inner_microbatch=8, val_prompts=1024)
-QR_CPU = dict(prompts_per_step=64, grouping="inverse", strength=500.0, gen_lr_schedule="cosine", reward_eps_root=1e-3,
-              kl_coef=0.04, credit="token", max_new_tokens=32, steps=3000, val_every=100, ckpt_every=100)
+PATTERN_CPU = dict(prompts_per_step=64, grouping="inverse", strength=500.0, gen_lr_schedule="cosine", reward_eps_root=1e-3,
+                   kl_coef=0.04, credit="token")       # the best measured recipe for a pattern in the head (see the QR and "67" pages)
+QR_CPU = dict(PATTERN_CPU, max_new_tokens=32, steps=3000, val_every=100, ckpt_every=100)
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
                     scales={"cpu": QR_CPU, "paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
-                    scales={"cpu": dict(steps=80, val_every=20), "paper": dict(steps=3840)}, keys=("patch_col0", "strength"))
+                    scales={"cpu": dict(PATTERN_CPU, steps=400, val_every=20, ckpt_every=100), "paper": dict(steps=3840)}, keys=("patch_col0", "strength"))
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
                     scales={"cpu": dict(steps=100, val_every=20, inner_opt="sgd", inner_lr=0.1, gen_lr=1e-2),
                             "paper": dict(steps=960)})
