@@ -12,8 +12,8 @@ from . import loop as L
 from . import targets as T
 
 # %% auto #0
-__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'timed_runs', 'val_target',
-           'fresh_draws', 'paired_draws', 'token_counts', 'token_shares', 'reward_oracle', 'show_oracle',
+__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'keep_run', 'timed_runs',
+           'val_target', 'fresh_draws', 'paired_draws', 'token_counts', 'token_shares', 'reward_oracle', 'show_oracle',
            'show_pattern', 'sign_rank1', 'tied_ceiling', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
@@ -80,6 +80,22 @@ def plot_curves(runs:dict, # label -> run folder
     ax.set_xlabel("examples seen"); ax.set_ylabel(("Δ " if relative else "") + f"{key} ({split})")
     ax.grid(alpha=.3); ax.legend(fontsize=8)
     return ax
+
+# %% ../nbs/13_figures.ipynb #2c7fde60
+def keep_run(out:str|Path, # a finished run's folder
+             dest:str|Path, # where its results go (e.g. `nbs/results/qr/seed0`)
+            )->Path:
+    "A run's results without checkpoints or weights: `config.json`, `*.png` and the rows, gzipped (`metrics.jsonl.gz`)."
+    import gzip, shutil
+    out, dest = Path(out), Path(dest)
+    rows = L.read_metrics(out)                                        # checked, line by line
+    if not rows: raise ValueError(f"{out} has no rows to keep")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "config.json", dest / "config.json")
+    for png in sorted(out.glob("*.png")): shutil.copyfile(png, dest / png.name)
+    data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode()
+    (dest / "metrics.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
+    return dest
 
 # %% ../nbs/13_figures.ipynb #c2d3e4f5
 def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`

@@ -255,6 +255,13 @@ def _passed(ids:torch.Tensor, keep:torch.Tensor, tok=None)->torch.Tensor:
     drop = torch.tensor(sorted(set(tok.all_special_ids)) if tok is not None else [], dtype=torch.long)
     return keep.bool() & ~torch.isin(ids, drop)
 
+def _bos(tok)->list:
+    "`[bos_id]` if `tok` puts a BOS before a text when asked for its special tokens (Llama's does, GPT-2's does not), else `[]`."
+    b = getattr(tok, "bos_token_id", None)
+    if b is None: return []
+    ids = tok("a", add_special_tokens=True)["input_ids"]
+    return [b] if ids and ids[0] == b and tok("a", add_special_tokens=False)["input_ids"][:1] != [b] else []
+
 def for_target(rollouts:Rollouts,
                gen_tok=None,        # the generator's tokenizer (None: token ids are the text)
                target_tok=None,     # the target's tokenizer (None, or `gen_tok` itself: the fast path)
@@ -274,7 +281,8 @@ def for_target(rollouts:Rollouts,
             texts = gen_tok.batch_decode([r[k].tolist() for r, k in zip(ids, m)], skip_special_tokens=True)
         elif rollouts.texts is not None: texts = rollouts.texts
         else: raise ValueError("for_target: no text to re-tokenize: pass gen_tok or sample with a tokenizer")
-        rows = [target_tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        bos = _bos(target_tok)                   # the target reads its BOS first, as the authors' code gives it
+        rows = [bos + target_tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     rows = [r[:max_len] for r in rows]
     if pad_id is None: pad_id = _pad_id(target_tok if target_tok is not None else gen_tok)
     L = max(2, max(map(len, rows)))
@@ -322,15 +330,16 @@ def source_positions(rollouts:Rollouts,
     if gen_tok is None: raise ValueError("source_positions: re-tokenized rows need the generator's tokenizer to place its tokens in the text")
     if not getattr(target_tok, "is_fast", False):
         raise ValueError("source_positions: the target's tokenizer must be a fast (Rust) tokenizer, for its character offsets")
+    nb = len(_bos(target_tok))                   # a BOS the target reads first has no source
     for i, n in enumerate(n_rows):
         if n == 0: continue
         pos = keep[i].nonzero().flatten()
         g_ids = ids[i, pos].tolist()
         text = gen_tok.decode(g_ids, skip_special_tokens=True)
         enc = target_tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        if enc["input_ids"][:n] != x[i, :n].tolist():
+        if enc["input_ids"][:n - nb] != x[i, nb:n].tolist() or x[i, :nb].tolist() != _bos(target_tok):
             raise ValueError(f"source_positions: row {i} is not the re-tokenized response; pass the tokenizers given to for_target")
         ends = torch.tensor(_settled_ends(gen_tok, g_ids, text))
-        last = torch.tensor([e for _, e in enc["offset_mapping"][:n]])
-        out[i, :n] = pos[torch.searchsorted(ends, last).clamp(max=len(pos) - 1)]
+        last = torch.tensor([e for _, e in enc["offset_mapping"][:n - nb]])
+        out[i, nb:n] = pos[torch.searchsorted(ends, last).clamp(max=len(pos) - 1)]
     return out

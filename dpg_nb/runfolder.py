@@ -130,10 +130,13 @@ def _rows(p:Path, data:bytes)->tuple:
 def read_metrics(out:str|Path, # a run folder
                  split:str=None, # train | val (default: both)
                 )->list:
-    "The rows of `out/metrics.jsonl`, each line checked (none if the file is absent; an unfinished last line left out)."
-    p = Path(out) / METRICS
-    if not p.exists(): return []
-    return [r for r in _rows(p, p.read_bytes())[0] if split is None or r["split"] == split]
+    "The rows of `out/metrics.jsonl` (or of a kept run's `metrics.jsonl.gz`), each line checked (none if absent; an unfinished last line left out)."
+    import gzip
+    p, gz = Path(out) / METRICS, Path(out) / (METRICS + ".gz")
+    if not p.exists() and gz.exists(): p, data = gz, gzip.decompress(gz.read_bytes())
+    elif p.exists(): data = p.read_bytes()
+    else: return []
+    return [r for r in _rows(p, data)[0] if split is None or r["split"] == split]
 
 def strip_timing(rows:list)->list:
     "Rows without their timing fields (what must match between runs)."

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from dpg_nb.cli import main
 
-TINY = ["prompts_per_step=4", "samples_per_prompt=4", "inner_batch=16", "val_prompts=16", "minibatch=16",
+TINY = ["prompts_per_step=4", "grouping=cross", "val_small=0", "samples_per_prompt=4", "inner_batch=16", "val_prompts=16", "minibatch=16",
         "max_new_tokens=8", "gen_hidden=32", "target_hidden=24", "vocab_size=32"]
 
 def dpg(*args, cwd=None):

@@ -4,7 +4,7 @@ import json, os, signal, subprocess, sys, time
 from pathlib import Path
 from dpg_nb.loop import strip_timing, generator_state
 
-ARGS = ["run", "l2", "--no-progress", "steps=8", "ckpt_every=2", "val_every=3", "prompts_per_step=4",
+ARGS = ["run", "l2", "--no-progress", "steps=8", "ckpt_every=2", "val_every=3", "prompts_per_step=4", "val_small=0",
         "samples_per_prompt=4", "inner_batch=16", "val_prompts=16", "minibatch=16", "max_new_tokens=12",
         "gen_hidden=32", "target_hidden=24", "vocab_size=32"]
 
