@@ -121,7 +121,7 @@ def _rows(p:Path, data:bytes)->tuple:
         try: r = json.loads(l)
         except ValueError:                  # not JSON, or not UTF-8
             raise UserError(f"{p}, line {i} is not a JSON row ({l[:40]!r}): the file is damaged") from None
-        if not (isinstance(r, dict) and r.get("split") in ("train", "val") and isinstance(r.get("step"), int)):
+        if not (isinstance(r, dict) and r.get("split") in ("train", "val", "val_small") and isinstance(r.get("step"), int)):
             raise UserError(f"{p}, line {i} is not a metrics row (no split or step): the file is damaged")
         rows.append(r)
     return rows, tail
