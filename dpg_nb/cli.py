@@ -9,7 +9,7 @@ from pathlib import Path
 from . import loop as L
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'parser', 'cmd_run', 'cmd_list', 'cmd_plot', 'cmd_sample', 'main']
+__all__ = ['USER_ERRORS', 'parser', 'keys_table', 'cmd_run', 'cmd_list', 'cmd_plot', 'cmd_sample', 'main']
 
 # %% ../nbs/09_cli.ipynb #5fb7aceb
 USER_ERRORS = (L.UserError,)    # what `dpg` reports as the user's mistake: one line, status 2; anything else is a bug
@@ -30,7 +30,9 @@ def parser()->argparse.ArgumentParser:
     p = _Parser(prog="dpg", description="Dataset Policy Gradient: train a generator whose data makes a target do well on a metric.")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error too (anywhere on the line)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    r = sub.add_parser("run", help="run an experiment")
+    r = sub.add_parser("run", help="run an experiment", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="keys and their defaults for `dpg run qr` (other experiments and scales: dpg list EXPERIMENT --scale S):\n"
+                              + keys_table("qr", "cpu"))
     r.add_argument("experiment", nargs="?", default="qr", help="qr | sixseven | l2 | language | uuid (see `dpg list`)")
     r.add_argument("--scale", default="cpu", help="cpu | smol | paper")
     r.add_argument("--out", default=None, help="run folder (default runs/EXPERIMENT-SCALE)")
@@ -38,7 +40,8 @@ def parser()->argparse.ArgumentParser:
     r.add_argument("--seed", default="0", help="seed of everything random")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see dpg_nb.loop.Config)")
-    sub.add_parser("list", help="list experiments and scales")
+    ls = sub.add_parser("list", help="list experiments and scales; with an experiment, every key and its default")
+    ls.add_argument("experiment", nargs="?", default=None); ls.add_argument("--scale", default="cpu")
     pl = sub.add_parser("plot", help="overlay runs against examples seen (seeds of one setting as a band)")
     pl.add_argument("dirs", nargs="+"); pl.add_argument("--out", default="dpg_plot.png"); pl.add_argument("--split", default="val")
     s = sub.add_parser("sample", help="print generations of a run's trained generator")
@@ -48,6 +51,20 @@ def parser()->argparse.ArgumentParser:
 def _int(name, v):
     try: return int(v)
     except (TypeError, ValueError): raise L.UserError(f"{name} must be an integer, got {v!r}") from None
+
+def keys_table(experiment:str, scale:str)->str:
+    "Every key of `dpg run EXPERIMENT --scale SCALE`: its default there and its line of meaning."
+    cfg, h = L.resolve(experiment, scale), L.key_help()
+    return "\n".join(f"  {k + '=' + str(getattr(cfg, k)):<32} {h[k]}" for k in h if k not in ("experiment", "scale", "seed"))
+
+def _last_line(out, cfg, rows)->str:
+    "What a finished run prints: its folder, size, and the last val row in words (and the harsher `val_small` row)."
+    last = [r for r in rows if r["split"] == "val"][-1]
+    small = [r for r in rows if r["split"] == "val_small"]
+    words = [f"val phi={last['phi']:.6g}"] + [f"{k}={last[k]:.4g}" for k in ("pixel_accuracy", "lm_head_norm", "lang_share", "uuid_hit_rate") if k in last]
+    if "decoded_text" in last: words.append(f"OpenCV reads {last['decoded_text']!r} from qr.png" if last["decoded_text"] else "qr.png does not decode")
+    if small and "pixel_accuracy" in small[-1]: words.append(f"(val_small {small[-1]['pixel_accuracy']:.4g})")
+    return f"{out}: {cfg.steps} steps, {last['examples_seen']} examples seen; " + " ".join(words)
 
 def cmd_run(a)->int:
     ov, seed = _overrides(a.overrides), _int("--seed", a.seed)
@@ -59,15 +76,16 @@ def cmd_run(a)->int:
                               f"not {a.experiment} --scale {a.scale} --seed {seed}")
     else: cfg = L.resolve(a.experiment, a.scale, seed, ov)
     rows = L.run(cfg, out, resume=a.resume, progress=not a.no_progress)
-    last = [r for r in rows if r["split"] == "val"][-1]
-    extra = " ".join(f"{k}={last[k]!r}" for k in ("pixel_accuracy", "decoded_text", "lm_head_norm", "lang_share", "uuid_hit_rate") if k in last)
-    print(f"{out}: {cfg.steps} steps, {last['examples_seen']} examples seen; val phi={last['phi']:.6g} {extra}")
+    print(_last_line(out, cfg, rows))
     return 0
 
 def cmd_list(a)->int:
+    if a.experiment:
+        print(f"dpg run {a.experiment} --scale {a.scale}: every key=value and its default\n" + keys_table(a.experiment, a.scale))
+        return 0
     for n, e in L.EXPERIMENTS.items():
         print(f"{n:10s} {e.doc}" + ("" if e.ready else "  [not implemented yet]"))
-    print(f"scales: {', '.join(L.SCALES)}")
+    print(f"scales: {', '.join(L.SCALES)}\nkeys and defaults: dpg list EXPERIMENT [--scale SCALE]")
     return 0
 
 def cmd_plot(a)->int:

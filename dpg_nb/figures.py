@@ -12,9 +12,9 @@ from . import loop as L
 from . import targets as T
 
 # %% auto #0
-__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'keep_run', 'timed_runs',
-           'val_target', 'fresh_draws', 'paired_draws', 'token_counts', 'token_shares', 'reward_oracle', 'show_oracle',
-           'show_pattern', 'sign_rank1', 'tied_ceiling', 'search_data']
+__all__ = ['cli', 'inline_figures', 'run_config', 'run_wall', 'val_timeline', 'plot_curves', 'keep_run', 'seed_summary',
+           'timed_runs', 'val_target', 'fresh_draws', 'paired_draws', 'token_counts', 'token_shares', 'reward_oracle',
+           'show_oracle', 'show_pattern', 'sign_rank1', 'tied_ceiling', 'search_data']
 
 # %% ../nbs/13_figures.ipynb #db542783
 def cli(args:list, # what follows `dpg` on a command line, e.g. `["run", "sixseven", "steps=2"]`
@@ -96,6 +96,33 @@ def keep_run(out:str|Path, # a finished run's folder
     data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode()
     (dest / "metrics.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
     return dest
+
+# %% ../nbs/13_figures.ipynb #a518e647
+def _goal(cfg:dict, row:dict)->bool:
+    "A row at the experiment's goal: a QR code that decodes to its text, else a pattern with every pixel right."
+    if "decoded_text" in row: return row["decoded_text"] == cfg["text"]
+    return row.get("pixel_accuracy") == 1.0
+
+def seed_summary(out:str|Path, # a run folder or a kept one (`keep_run`)
+                 experiment:str, # the experiment the command ran
+                 overrides:dict=None, # the command's `key=value`s; the folder's config must be what they resolve to
+                 key:str="pixel_accuracy", # the readable field the table reports
+                )->dict:
+    "One seed's row of a results table: `seed`, `steps`, `minutes`, `first` goal `(step, minutes)` or None, `last`, `best`, the share of val rows at the goal, and the `val_small` rows' last and best."
+    cfg = run_config(out)
+    want = json.loads(json.dumps(L.asdict(L.resolve(experiment, cfg["scale"], cfg["seed"], overrides or {}))))
+    diff = sorted(k for k in want if k != "threads" and cfg.get(k) != want[k])
+    if diff: raise ValueError(f"{out} did not run this command: its config differs in {diff}")
+    t, val, small = 0.0, [], []
+    for r in L.read_metrics(out):
+        t += r["wall_s"]
+        if r["split"] == "val": val.append((r, t / 60))
+        if r["split"] == "val_small": small.append(r[key])
+    if not val: raise ValueError(f"{out} has no val rows")
+    hits = [(r["step"], m) for r, m in val if _goal(cfg, r)]
+    return dict(seed=cfg["seed"], steps=val[-1][0]["step"], minutes=t / 60, first=hits[0] if hits else None,
+                last=val[-1][0][key], best=max(r[key] for r, _ in val), at_goal=len(hits) / len(val),
+                last_at_goal=_goal(cfg, val[-1][0]), small_last=small[-1] if small else None, small_best=max(small) if small else None)
 
 # %% ../nbs/13_figures.ipynb #c2d3e4f5
 def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`

@@ -18,8 +18,8 @@ from .runfolder import UserError, Diverged
 
 # %% auto #0
 __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER', 'PATTERN_CPU',
-           'QR_CPU', 'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'READABLE', 'Config', 'Experiment',
-           'register_experiment', 'patch_col0', 'resolve', 'validate', 'build_target', 'build_models',
+           'QR_CPU', 'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'READABLE', 'Config', 'key_help',
+           'Experiment', 'register_experiment', 'patch_col0', 'resolve', 'validate', 'build_target', 'build_models',
            'select_trainable', 'sft', 'inner_rows', 'fold_padding', 'Prompts', 'gen_lr_at', 'step_rewards',
            'response_rewards_to_go', 'step_advantages', 'load_metric', 'make_metric', 'Run', 'run', 'resume_config',
            'plot_runs', 'plot_run', 'sample_run', 'UserError', 'Diverged', 'read_metrics', 'strip_timing',
@@ -45,11 +45,11 @@ class Config:
     seed: int = 0               # everything random derives from it
     # --- DESIGN.md's override keys
     steps: int = 60             # generator steps
-    prompts_per_step: int = 16  # B
-    samples_per_prompt: int = 4 # G
+    prompts_per_step: int = 16  # B: prompts per generator step
+    samples_per_prompt: int = 4 # G: rollouts per prompt (GRPO compares them)
     inner_batch: int = 16       # b: examples per inner SFT step, T = examples per inner run / b
     inner_opt: str = "adamw"    # adamw | sgd (fresh state every generator step)
-    inner_lr: float = 1e-3
+    inner_lr: float = 1e-3      # the inner optimizer's learning rate
     inner_eps_root: float = 1e-9 # inner AdamW's eps_root: its first step is linear in gradients below about sqrt(eps_root)
     reward_eps_root: float = -1.0 # rewards only: the eps_root of the inner AdamW the metagradient runs through (a smoothed surrogate; Φ logged and val keep inner_eps_root); -1: inner_eps_root
     reward: str = "dpg"         # dpg | naive (+ langid | levenshtein | embedding for `language`)
@@ -67,9 +67,9 @@ class Config:
     lang_form: str = "lastword" # language: score the last word of each passage (lastword, as LAMBADA) or every token (whole)
     # --- sizes, models and knobs the scales set
     ckpt_every: int = 10        # checkpoint every k steps (and at the end)
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 16    # tokens a rollout may write
+    temperature: float = 1.0    # sampling temperature of the rollouts
+    top_p: float = 1.0          # nucleus sampling of the rollouts (1: off)
     prompt_len: int = 4         # cpu scale: tokens per random prompt
     val_prompts: int = 64       # the test set: prompts per validation, one rollout each (the authors' code: the whole test file)
     val_inner_batch: int = 0    # rows per inner step of the validation run (0: inner_batch); rows shuffled, the last partial batch kept
@@ -84,23 +84,23 @@ class Config:
     clip: float = 0.2           # PPO clip
     minibatch: int = 64         # rows per policy minibatch
     epochs: int = 1             # policy epochs per step
-    max_grad_norm: float = 1.0
-    kl_coef: float = 0.0
+    max_grad_norm: float = 1.0  # the policy gradient's norm is clipped to this
+    kl_coef: float = 0.0        # GRPO's KL penalty to the generator as loaded (an anchor that keeps every token in play)
     generator: str = "tiny"     # tiny | smollm2 | a model folder or hub name
     target: str = "tiny"        # tiny | smollm2 | a model folder or hub name
     vocab_size: int = 64        # tiny models' vocabulary (cpu); smol: the generator's
-    gen_hidden: int = 64
-    gen_layers: int = 2
-    target_hidden: int = 32
-    target_layers: int = 2
+    gen_hidden: int = 64        # tiny generator: width
+    gen_layers: int = 2         # tiny generator: blocks
+    target_hidden: int = 32     # tiny target: width
+    target_layers: int = 2      # tiny target: blocks
     gen_train: str = "all"      # all | last:N (last N blocks + final norm; the rest frozen)
     target_train: str = "all"   # all | last:N: the target parameters the inner run trains (the rest stay fixed)
     prompts: str = ""           # smol/paper: a .txt/.jsonl of passages (default: offline prose)
     metric: str = ""            # module:function, a custom Φ(params) replacing the experiment's
     gen_device: str = "auto"    # auto | cpu | cuda | cuda:N
-    target_device: str = "auto"
-    gen_dtype: str = "float32"
-    target_dtype: str = "float32"
+    target_device: str = "auto" # auto | cpu | cuda | cuda:N
+    gen_dtype: str = "float32"  # float32 | bfloat16 | float64 (the generator's weights)
+    target_dtype: str = "float32" # float32 | float64 (the target's weights, and so the metagradient)
     threads: int = 0            # torch CPU threads for the run (0: torch's default); part of what makes reruns equal
 
     @property
@@ -119,6 +119,18 @@ def _parse_value(key, raw, typ):
     return str(raw)
 
 def _field_types(): return {f.name: (f.type if not isinstance(f.type, str) else eval(f.type)) for f in fields(Config)}
+
+# %% ../nbs/08_loop.ipynb #42391f0d
+def key_help()->dict:
+    "Each config key's one-line meaning: the comment beside its field in `Config` (read from this module's source)."
+    import importlib.util, re
+    lines = Path(importlib.util.find_spec("dpg_nb.loop").origin).read_text().splitlines()
+    start, out = lines.index("class Config:") + 1, {}
+    for line in lines[start:]:
+        if line and not line[0].isspace(): break               # the class ends
+        m = re.match(r"\s+(\w+): \w+ = .*?#\s*(.*)$", line)
+        if m: out[m.group(1)] = m.group(2).strip()
+    return out
 
 # %% ../nbs/08_loop.ipynb #91c4113c
 @dataclass
@@ -637,11 +649,25 @@ def _stats(prefix, x:torch.Tensor)->dict:
     return {f"{prefix}_mean": x.mean().item(), f"{prefix}_std": x.std().item() if len(x) > 1 else 0.0,
             f"{prefix}_min": x.min().item(), f"{prefix}_max": x.max().item()}
 
-def _save_image(out:Path, metric, params):
-    "qr.png: sign(Δ) of the head patch, dark = -1, with a quiet zone."
-    import cv2
-    img = T.qr_image(metric.image(params))
-    _atomic_write(out / "qr.png", lambda t: cv2.imwrite(str(t), img))
+def _save_image(out:Path, cfg:Config, metric, params, step:int):
+    """A pattern run's picture of its latest target: `image.png`, the pattern beside sign(Δ) of the head patch, with the
+    pixels right and, for a QR code, what OpenCV reads; a QR run also writes `qr.png`, the code alone with a quiet zone,
+    the file a phone or `cv2.QRCodeDetector` scans."""
+    from matplotlib.figure import Figure
+    D = metric.image(params)
+    right = int((D == metric.S.to(D)).sum())
+    cap = f"step {step}: {right} of {D.numel()} pixels right"
+    if cfg.experiment == "qr":
+        import cv2
+        img = T.qr_image(D)
+        _atomic_write(out / "qr.png", lambda t: cv2.imwrite(str(t), img))
+        text = T.decode_qr(D)
+        cap += f", OpenCV reads {text!r}" if text else ", it does not decode"
+    fig = Figure(figsize=(6, 3.3))
+    a, b = fig.subplots(1, 2)
+    T.show_pm1(metric.S, a, "the target pattern"); T.show_pm1(D, b, "sign(Δ) of the trained head")
+    fig.suptitle(f"{cfg.experiment}: {cap}", fontsize=10)
+    _atomic_write(out / "image.png", lambda t: fig.savefig(t, dpi=100, format="png"))
 
 def _texts(ro)->list:
     "A rollout's texts, or at cpu scale (no tokenizer) its token ids joined by spaces."
@@ -728,8 +754,8 @@ class Run:
             self.gen.eval()
         else: st = dict(loss=None, kl=None, clip_frac=None, grad_norm=None)   # nothing to learn from: no update
         t3 = time.perf_counter()
-        if self.cfg.experiment == "qr" and not self.wrote_val_image and hasattr(self.metric, "image"):
-            _save_image(self.out, self.metric, res["params"])
+        if not self.wrote_val_image and hasattr(self.metric, "image"):      # a picture before the first val row
+            _save_image(self.out, c, self.metric, res["params"], step)
         row = dict(split="train", step=step, examples_seen=examples_seen, phi=res["phi"], **res["readable"],
                    **_readable_texts(self.metric, ro.texts),
                    **_stats("reward", r), **_stats("adv", A), gen_loss=st.get("loss"), kl=st.get("kl"),
@@ -779,8 +805,8 @@ class Run:
             row = dict(split="val_small", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params),
                        n_skipped=n_skipped, wall_s=time.perf_counter() - t0)
             return {k: _clean(v) for k, v in row.items()}
-        if self.cfg.experiment == "qr" and hasattr(self.metric, "image"):
-            _save_image(self.out, self.metric, params); self.wrote_val_image = True
+        if hasattr(self.metric, "image"):
+            _save_image(self.out, c, self.metric, params, step); self.wrote_val_image = True
         greedy = {}
         if hasattr(self.metric, "readable_texts"):    # generation-level readable metrics: greedy, on the test prompts
             from dpg_nb.rollouts import sample

@@ -66,7 +66,7 @@ def test_end_to_end(tmp_path):
     r = dpg("run", "qr", "--out", str(out), "--no-progress", "steps=2", "val_every=1", "text=hi", *TINY)
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == [".lock", "checkpoints", "config.json", "curves.png", "generator", "metrics.jsonl", "qr.png"], names
+    assert names == [".lock", "checkpoints", "config.json", "curves.png", "generator", "image.png", "metrics.jsonl", "qr.png"], names
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step000002"]
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["split"], r["step"]) for r in rows] == [("val", 0), ("train", 1), ("val", 1), ("train", 2), ("val", 2)]

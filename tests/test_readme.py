@@ -12,5 +12,5 @@ def test_two_setup_commands():
     text = (ROOT/"README.md").read_text()
     cmds = re.findall(r"^pip install .*$", text, flags=re.M)
     assert len(cmds) == 2, cmds
-    assert cmds[0].endswith("&& dpg run") and cmds[1].endswith("&& make test")
+    assert cmds[0].endswith("&& dpg run sixseven") and cmds[1].endswith("&& make test")
     assert cmds[1] in (ROOT/".ci"/"run").read_text() or "README.md" in (ROOT/".ci"/"run").read_text()

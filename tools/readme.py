@@ -15,7 +15,7 @@ def readme_text(nb_path=ROOT/"nbs"/"index.ipynb"):
         src = _src(c).strip()
         if not src: continue
         if c["cell_type"] == "markdown":
-            parts.append(re.sub(r"\]\((\w+\.ipynb)\)", r"](nbs/\1)", src))   # page links, seen from the repository root
+            parts.append(re.sub(r"\]\(((?:lab/|results/)?[\w./-]+\.(?:ipynb|png))\)", r"](nbs/\1)", src))   # pages, lab pages and kept figures, seen from the repository root
             continue
         lines = src.splitlines()
         if any(l.strip().startswith("#|") and ("hide" in l or "exec_doc" in l) for l in lines): continue
