@@ -30,13 +30,19 @@ def _worker(rank, init, root):
             except (TypeError, ValueError): return False
         sys.addaudithook(lambda ev, args: touched.append((ev, [str(a) for a in args if inside(a)])) if any(inside(a) for a in args) else None)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=W, timeout=datetime.timedelta(seconds=300))
+    steps, gen = L._run_steps, {}
+    def spy(cfg, out, resume, progress, R):                            # the generator each rank ends with
+        rows = steps(cfg, out, resume, progress, R)
+        gen.update({k: v.detach().clone() for k, v in L.RF.trainable(R.gen).items()})
+        return rows
+    L._run_steps = spy
     try:
         out = root / "runs" / "cut"
         first = D.run(cfg(steps="2"), out, progress=False)           # 2 steps, a checkpoint at step 2
         rows = D.run(cfg(), out, resume=True, progress=False)       # resumed, on to step 4
         n = len(touched)
         (out / "config.json").read_text()                             # the hook sees a read (rank 1 only, after the runs)
-        torch.save(dict(first=first, rows=rows, touched=touched[:n], probe=touched[n:]), root / f"rank{rank}.pt")
+        torch.save(dict(first=first, rows=rows, gen=gen, touched=touched[:n], probe=touched[n:]), root / f"rank{rank}.pt")
     finally: dist.destroy_process_group()
 
 @pytest.fixture(scope="module")
@@ -112,6 +118,8 @@ def test_the_folder_is_one_process_folder(root, one, cli):
 def test_resume_on_two_ranks_equals_uninterrupted(root, spawned, cli):
     r0, r1 = spawned
     assert r0["rows"] == r1["rows"]                                    # every rank returns the run's rows
+    assert r0["gen"].keys() == r1["gen"].keys() and len(r0["gen"]) > 0
+    for k in r0["gen"]: assert torch.equal(r0["gen"][k], r1["gen"][k]), k   # and holds the same generator, bit for bit
     assert [(r["split"], r["step"]) for r in r0["first"]] == [("val", 0), ("train", 1), ("train", 2), ("val", 2)]
     assert L.strip_timing(r0["rows"]) == L.strip_timing(cli)           # resumed == uninterrupted, both on 2 ranks
     a, b = L.generator_state(root / "runs" / "cut"), L.generator_state(root / "runs" / "cli")

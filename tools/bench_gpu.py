@@ -23,7 +23,7 @@ import torch
 def build(tiny:bool, device, gen_dtype):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     if tiny:
-        tc = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=512, n_positions=256)
+        tc = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=512, n_positions=256, bos_token_id=511, eos_token_id=511)
         gc = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          vocab_size=1024, tie_word_embeddings=True)
     else:
@@ -32,13 +32,14 @@ def build(tiny:bool, device, gen_dtype):
                          vocab_size=128256, tie_word_embeddings=True)
     torch.manual_seed(0)
     target = GPT2LMHeadModel._from_config(tc, attn_implementation="eager").to(device).eval()
-    gen = LlamaForCausalLM._from_config(gc, torch_dtype=gen_dtype).to(device).eval()
+    gen = LlamaForCausalLM._from_config(gc, dtype=gen_dtype).to(device).eval()
     return gen, target
 
 def sync(device):
     if torch.device(device).type == "cuda": torch.cuda.synchronize()
 
 def peak(device)->float:
+    "Peak GPU memory since the last `reset`, GiB (NaN on a CPU: not measured)."
     return torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else float("nan")
 
 def reset(device):
@@ -60,6 +61,9 @@ def main(argv=None):
     p.add_argument("--gen-dtype", default="float32"); p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     p.add_argument("--budget-s", type=float, default=420, help="stop the microbatch search past this many seconds")
     a = p.parse_args(argv)
+    if a.tiny:                                      # the smoke test's sizes, unless given
+        for k, v in dict(prompts=4, new_tokens=12, inner_rows=8, inner_steps=2, minibatch=8, policy_microbatch=4, prompt_len=8).items():
+            if getattr(a, k) == p.get_default(k): setattr(a, k, v)
     if a.tiny and a.device == "cuda" and not torch.cuda.is_available(): a.device = "cpu"
     if torch.device(a.device).type == "cuda" and not torch.cuda.is_available(): sys.exit("no CUDA device: use --tiny --device cpu for a smoke test")
     from dpg_nb.rollouts import sample
@@ -72,8 +76,8 @@ def main(argv=None):
     gen, target = build(a.tiny, dev, getattr(torch, a.gen_dtype))
     Vg, Vt = gen.config.vocab_size, target.config.vocab_size
     n_gen, n_tgt = sum(p.numel() for p in gen.parameters()), sum(p.numel() for p in target.parameters())
-    print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}; generator {n_gen/1e6:.0f}M parameters ({a.gen_dtype}), "
-          f"target {n_tgt/1e6:.0f}M (float32); torch {torch.__version__}", flush=True)
+    print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}; generator {n_gen/1e6:.2f}M parameters ({a.gen_dtype}), "
+          f"target {n_tgt/1e6:.2f}M (float32); torch {torch.__version__}", flush=True)
     head = dict(target.named_parameters(remove_duplicate=False))[T.HEAD]
     metric = T.QRMetric("dpg", head, s=20.0, error_correction="M", col0=0)
     opt = gen_optimizer(gen, lr=5e-6, weight_decay=0.01)
@@ -128,6 +132,10 @@ def main(argv=None):
     print(f"  sampling {med['sample_s']:.2f} s   rewards {med['rewards_s']:.2f} s   update {med['update_s']:.2f} s   "
           f"total {med['sample_s'] + med['rewards_s'] + med['update_s']:.2f} s")
     print(f"  peak GPU memory: sampling {med['peak_sample_gib']:.2f} GiB, rewards {med['peak_rewards_gib']:.2f} GiB, update {med['peak_update_gib']:.2f} GiB")
+    if a.tiny or dev.type != "cuda":
+        print("(tiny shapes or no GPU: no extrapolation to the paper's step; peak memory is measured on a GPU only)")
+        print(json.dumps(dict(args=vars(a), microbatch_search=tried, median=med))); print(f"wall {time.perf_counter() - t_start:.0f} s")
+        return
     per_gpu = 98304 // 8
     ext = dict(sample_s=med["sample_s"] * per_gpu / N, rewards_s=med["rewards_s"] * 96 / a.inner_steps * (128 / a.inner_rows),
                update_s=med["update_s"] * per_gpu / N)
