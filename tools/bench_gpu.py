@@ -15,7 +15,7 @@ two tokenizers instead); no EOS, so every response is `--new-tokens` long (the l
     python tools/bench_gpu.py                       # on one GPU, about 2 to 5 minutes (written without a GPU: not yet run)
     python tools/bench_gpu.py --tiny --device cpu   # the script itself on tiny shapes, on a CPU (a smoke test)
 """
-import argparse, json, math, os, statistics, sys, tempfile, time
+import argparse, json, math, os, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
@@ -85,7 +85,7 @@ def main(argv=None):
     ids = torch.randint(0, Vg, (a.prompts, a.prompt_len), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids, dtype=torch.bool)
     n_rows = a.inner_rows * a.inner_steps
-    ckpt = tempfile.mkdtemp(prefix="dpg_bench_")
+    ckpt = tempfile.mkdtemp(prefix="dpg_bench_")      # the replay engine's states, removed by it after each call
 
     def inner_rows(ro):
         x = ro.response_ids % Vt
@@ -145,4 +145,6 @@ def main(argv=None):
     print(json.dumps(dict(args=vars(a), microbatch_search=tried, median=med, extrapolated_paper_qr_8gpu=ext)))
     print(f"wall {time.perf_counter() - t_start:.0f} s")
 
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    try: main()
+    finally: [shutil.rmtree(d, ignore_errors=True) for d in Path(tempfile.gettempdir()).glob("dpg_bench_*") if d.is_dir() and not any(d.iterdir())]
