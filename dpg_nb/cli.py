@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, sys, traceback
 from pathlib import Path
 from . import loop as L
+from . import distributed as D
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'parser', 'keys_table', 'cmd_run', 'cmd_list', 'cmd_plot', 'cmd_sample', 'main']
@@ -39,6 +40,7 @@ def parser()->argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     r.add_argument("--seed", default="0", help="seed of everything random")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--nproc", default=None, help="ranks sharing each step (torchrun; gloo on CPU, NCCL with CUDA); see 07b_distributed")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see dpg_nb.loop.Config)")
     ls = sub.add_parser("list", help="list experiments and scales; with an experiment, every key and its default")
     ls.add_argument("experiment", nargs="?", default=None); ls.add_argument("--scale", default="cpu")
@@ -67,7 +69,7 @@ def _last_line(out, cfg, rows)->str:
     return f"{out}: {cfg.steps} steps, {last['examples_seen']} examples seen; " + " ".join(words)
 
 def cmd_run(a)->int:
-    ov, seed = _overrides(a.overrides), _int("--seed", a.seed)
+    ov, seed, n = _overrides(a.overrides), _int("--seed", a.seed), D.nproc(a.nproc)
     out = Path(a.out or f"runs/{a.experiment}-{a.scale}")
     if a.resume and (out / "config.json").exists():
         cfg = L.resume_config(out, ov)
@@ -75,7 +77,9 @@ def cmd_run(a)->int:
             raise L.UserError(f"--resume: {out} holds a run of {cfg.experiment} --scale {cfg.scale} --seed {cfg.seed}, "
                               f"not {a.experiment} --scale {a.scale} --seed {seed}")
     else: cfg = L.resolve(a.experiment, a.scale, seed, ov)
-    rows = L.run(cfg, out, resume=a.resume, progress=not a.no_progress)
+    if n > 1 and not D.launched(): return D.relaunch(cfg, out, a.resume, n, D.run_argv(a, out, seed, ov))
+    rows = D.run(cfg, out, resume=a.resume, progress=not a.no_progress)      # alone: loop.run
+    if not D.is_main(): return 0
     print(_last_line(out, cfg, rows))
     return 0
 
@@ -115,7 +119,7 @@ def main(argv:list=None)->int:
     except USER_ERRORS as e:
         if debug: traceback.print_exc()
         msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        if D.is_main() or debug: print(f"error: {msg}", file=sys.stderr)     # ranks > 0 share rank 0's errors
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr); return 130

@@ -21,9 +21,10 @@ __all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCAL
            'QR_CPU', 'TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'READABLE', 'Config', 'key_help',
            'Experiment', 'register_experiment', 'patch_col0', 'resolve', 'validate', 'build_target', 'build_models',
            'select_trainable', 'sft', 'inner_rows', 'fold_padding', 'Prompts', 'gen_lr_at', 'step_rewards',
-           'response_rewards_to_go', 'step_advantages', 'load_metric', 'make_metric', 'Run', 'run', 'resume_config',
-           'plot_runs', 'plot_run', 'sample_run', 'UserError', 'Diverged', 'read_metrics', 'strip_timing',
-           'generator_state', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint', 'save_generator', 'TIMING']
+           'response_rewards_to_go', 'step_advantages', 'load_metric', 'make_metric', 'FolderIO', 'Run', 'run',
+           'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'UserError', 'Diverged', 'read_metrics',
+           'strip_timing', 'generator_state', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint', 'save_generator',
+           'TIMING']
 
 # %% ../nbs/08_loop.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
@@ -674,6 +675,19 @@ def _texts(ro)->list:
     if ro.texts is not None: return list(ro.texts)
     return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
 
+class FolderIO:
+    "Every read and write of the run folder the loop makes (a distributed run's other ranks make none: `dpg_nb.distributed`)."
+    def __init__(self, out:Path): self.out = Path(out)
+    def load_checkpoint(self, gen, opt): return load_checkpoint(self.out, gen, opt)
+    def start_over(self): (self.out / "metrics.jsonl").unlink(missing_ok=True)
+    def write_config(self, d:dict): _write_json(self.out / "config.json", d)
+    def append_row(self, row:dict): _append_row(self.out / "metrics.jsonl", row)
+    def save_checkpoint(self, step, seen, gen, opt, extra): save_checkpoint(self.out, step, seen, gen, opt, extra)
+    def save_image(self, cfg, metric, params, step): _save_image(self.out, cfg, metric, params, step)
+    def finish(self, gen, tok)->list:
+        save_generator(self.out, gen, tok); plot_run(self.out)
+        return read_metrics(self.out)
+
 class Run:
     "The state of one run: models, optimizers, prompts, files."
     def __init__(self, cfg:Config, out:Path, resume:bool):
@@ -694,6 +708,7 @@ class Run:
         self.gdev = next(self.gen.parameters()).device
         self.teos = getattr(self.ttok, "eos_token_id", None) if self.ttok is not None else None
         self.wrote_val_image = False
+        self.io = FolderIO(out)
 
     @classmethod
     def open(cls, out:str|Path, load:bool=True)->tuple:
@@ -722,7 +737,8 @@ class Run:
         return _texts(ro)
 
     def rollouts(self, ids, mask, G, seed, temperature=None):
-        from dpg_nb.rollouts import sample, for_target
+        from dpg_nb.rollouts import for_target
+        from dpg_nb.distributed import sample       # alone: `rollouts.sample`; with ranks, each samples its share of the prompts
         c = self.cfg
         g = torch.Generator(device=self.gdev).manual_seed(seed)
         ro = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), G, c.max_new_tokens,
@@ -755,7 +771,7 @@ class Run:
         else: st = dict(loss=None, kl=None, clip_frac=None, grad_norm=None)   # nothing to learn from: no update
         t3 = time.perf_counter()
         if not self.wrote_val_image and hasattr(self.metric, "image"):      # a picture before the first val row
-            _save_image(self.out, c, self.metric, res["params"], step)
+            self.io.save_image(c, self.metric, res["params"], step)
         row = dict(split="train", step=step, examples_seen=examples_seen, phi=res["phi"], **res["readable"],
                    **_readable_texts(self.metric, ro.texts),
                    **_stats("reward", r), **_stats("adv", A), gen_loss=st.get("loss"), kl=st.get("kl"),
@@ -806,7 +822,7 @@ class Run:
                        n_skipped=n_skipped, wall_s=time.perf_counter() - t0)
             return {k: _clean(v) for k, v in row.items()}
         if hasattr(self.metric, "image"):
-            _save_image(self.out, c, self.metric, params, step); self.wrote_val_image = True
+            self.io.save_image(c, self.metric, params, step); self.wrote_val_image = True
         greedy = {}
         if hasattr(self.metric, "readable_texts"):    # generation-level readable metrics: greedy, on the test prompts
             from dpg_nb.rollouts import sample
@@ -858,22 +874,21 @@ def _run(cfg, out, resume, progress):
         return _run_steps(cfg, out, resume, progress, R)
 
 def _run_steps(cfg, out, resume, progress, R):
-    "The run's steps, its folder locked."
+    "The run's steps, its folder locked; every file goes through `R.io`."
     from tqdm.auto import tqdm
-    metrics = out / "metrics.jsonl"
-    start, seen, ck = 0, 0, (load_checkpoint(out, R.gen, R.gen_opt) if resume else None)   # the newest intact checkpoint
+    start, seen, ck = 0, 0, (R.io.load_checkpoint(R.gen, R.gen_opt) if resume else None)   # the newest intact checkpoint
     if ck is not None:                              # (metrics.jsonl cut back to its rows)
         start, seen = ck["step"], ck["examples_seen"]
         R.wrote_val_image = ck["extra"].get("wrote_val_image", False)
     else:
-        if metrics.exists(): metrics.unlink()        # a resumed run killed before its first checkpoint starts over
+        R.io.start_over()                           # a resumed run killed before its first checkpoint starts over
         _seed_everything(cfg.seed)
     last = start if ck is not None else None        # the last checkpoint's step
-    _write_json(out / "config.json", dict(config=asdict(cfg), versions=_versions(), git_commit=_git_commit(),
+    R.io.write_config(dict(config=asdict(cfg), versions=_versions(), git_commit=_git_commit(),
                 device=dict(generator=str(R.gdev), target=str(next(R.target.parameters()).device)),
                 threads=torch.get_num_threads()))
     if start == 0:
-        for v in R.val_rows(0, 0): _append_row(metrics, _finite(cfg, v, out, last))
+        for v in R.val_rows(0, 0): R.io.append_row(_finite(cfg, v, out, last))
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not progress,
                desc=f"{cfg.experiment}/{cfg.reward}", file=sys.stderr, dynamic_ncols=True)
     for step in bar:
@@ -881,16 +896,14 @@ def _run_steps(cfg, out, resume, progress, R):
         row = _finite(cfg, R.train_step(step, seen), out, last, R.gen)      # a step's rows are written once all are finite
         if step % cfg.val_every == 0 or step == cfg.steps:
             vs = [_finite(cfg, v, out, last) for v in R.val_rows(step, seen)]
-            _append_row(metrics, row)
-            for v in vs: _append_row(metrics, v)
+            R.io.append_row(row)
+            for v in vs: R.io.append_row(v)
             bar.set_postfix(phi=f"{row['phi']:.4g}", val=f"{vs[0]['phi']:.4g}")
-        else: _append_row(metrics, row); bar.set_postfix(phi=f"{row['phi']:.4g}")
+        else: R.io.append_row(row); bar.set_postfix(phi=f"{row['phi']:.4g}")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(out, step, seen, R.gen, R.gen_opt, dict(wrote_val_image=R.wrote_val_image)); last = step
+            R.io.save_checkpoint(step, seen, R.gen, R.gen_opt, dict(wrote_val_image=R.wrote_val_image)); last = step
     bar.close()
-    save_generator(out, R.gen, R.gtok)
-    plot_run(out)
-    return read_metrics(out)
+    return R.io.finish(R.gen, R.gtok)           # the trained generator, curves.png; the rows
 
 def resume_config(out:str|Path, overrides:dict=None)->Config:
     "The config a run in `out` was started with, with `overrides` (only `steps` may change) applied."

@@ -9,6 +9,7 @@ __all__ = ['advantages', 'ppo_loss', 'gen_optimizer', 'policy_step', 'rewards_to
 import math, warnings, itertools
 import torch
 from .rollouts import Rollouts, token_logprobs
+from .metagrad import _Ranks, DEFAULT_GROUP
 
 # %% ../nbs/07_policy.ipynb #a6c0c692
 def advantages(rewards:torch.Tensor, # [N] per-rollout rewards, or [N, L] per token (column 0 the rollout's); NaN/inf: skipped and counted
@@ -102,6 +103,16 @@ def gen_optimizer(model, lr:float=1e-6, weight_decay:float=0.01, betas=(0.9, 0.9
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, eps=eps,
                              weight_decay=weight_decay)
 
+def _sum_over_ranks(params:list, ranks, st:dict, tot:float, kl:float)->tuple:
+    "Each rank backpropagated its share of a mini-batch's rows: the mini-batch's gradient and stats are their sums (`st` in place)."
+    v = torch.tensor([tot, kl, st["clip_frac"], st["ppo_kl"]] + [float(p.grad is not None) for p in params], dtype=torch.float64, device=params[0].device)
+    v = ranks.sum(dict(v=v))["v"]                 # a parameter no rank's rows reached keeps grad None, as in one process
+    used = [i for i, p in enumerate(params) if v[4 + i] > 0]
+    g = ranks.sum({i: params[i].grad if params[i].grad is not None else torch.zeros_like(params[i]) for i in used})
+    for i in used: params[i].grad = g[i]
+    st["clip_frac"], st["ppo_kl"] = float(v[2]), float(v[3])
+    return float(v[0]), float(v[1])
+
 def policy_step(model,                  # the generator
                 opt,                    # a torch optimizer over (some of) its parameters
                 rollouts:Rollouts,
@@ -116,6 +127,7 @@ def policy_step(model,                  # the generator
                 microbatch_size:int=None, # rows per forward/backward pass (default: the mini-batch)
                 generator:torch.Generator=None, # shuffles the rows each epoch if given (default: in order)
                 dual_clip:float=None,   # see `ppo_loss`
+                group=DEFAULT_GROUP,    # ranks sharing each mini-batch's rows (every rank passes the same rollouts); None: this process alone
                )->dict:
     "PPO-clip update(s) of the generator on one batch of rollouts; returns means over the mini-batch steps."
     if not isinstance(opt, torch.optim.Optimizer): raise TypeError("policy_step: opt must be a torch.optim.Optimizer")
@@ -131,6 +143,7 @@ def policy_step(model,                  # the generator
     if not isinstance(mbs, int) or mbs < 1: raise ValueError(f"policy_step: microbatch_size must be a positive int")
     if kl_coef and ref_model is None: raise ValueError("policy_step: kl_coef > 0 needs ref_model (e.g. a copy of the initial generator)")
     params = [p for grp in opt.param_groups for p in grp["params"] if p.requires_grad]
+    ranks = _Ranks(group)                     # several: each backpropagates its share of a mini-batch (see 07b_distributed)
     dev = next(model.parameters()).device
     rollouts, adv = rollouts.to(dev), adv.to(dev)
     was_training = model.training
@@ -146,8 +159,9 @@ def policy_step(model,                  # the generator
                 if n_tok == 0: empty += 1; continue
                 opt.zero_grad(set_to_none=True)
                 tot, kl_sum, st_sum = 0.0, 0.0, dict(clip_frac=0.0, ppo_kl=0.0)
-                for m0 in range(0, len(rows), mbs):
-                    sub = rows[m0:m0 + mbs]
+                mine = rows[slice(*ranks.share(0, len(rows)))]
+                for m0 in range(0, len(mine), mbs):
+                    sub = mine[m0:m0 + mbs]
                     ro = rollouts.select(sub)
                     k = float(ro.response_mask.sum())
                     if k == 0: continue
@@ -162,6 +176,7 @@ def policy_step(model,                  # the generator
                     loss.backward()
                     tot += float(loss.detach())
                     for key in st_sum: st_sum[key] += st[key] * k / n_tok
+                if ranks.size > 1: tot, kl_sum = _sum_over_ranks(params, ranks, st_sum, tot, kl_sum)
                 gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float('inf'))
                 if not torch.isfinite(gn):
                     skipped += 1; opt.zero_grad(set_to_none=True); continue
