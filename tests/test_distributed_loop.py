@@ -40,9 +40,11 @@ def _worker(rank, init, root):
         out = root / "runs" / "cut"
         first = D.run(cfg(steps="2"), out, progress=False)           # 2 steps, a checkpoint at step 2
         rows = D.run(cfg(), out, resume=True, progress=False)       # resumed, on to step 4
+        try: D.run(cfg(), out, progress=False); refused = None           # the folder holds a run: rank 0 refuses, for both
+        except L.UserError as e: refused = str(e)
         n = len(touched)
         (out / "config.json").read_text()                             # the hook sees a read (rank 1 only, after the runs)
-        torch.save(dict(first=first, rows=rows, gen=gen, touched=touched[:n], probe=touched[n:]), root / f"rank{rank}.pt")
+        torch.save(dict(first=first, rows=rows, gen=gen, refused=refused, touched=touched[:n], probe=touched[n:]), root / f"rank{rank}.pt")
     finally: dist.destroy_process_group()
 
 @pytest.fixture(scope="module")
@@ -129,3 +131,6 @@ def test_only_rank_0_touches_the_folder(root, spawned):
     assert (root / "runs" / "cut" / "metrics.jsonl").exists()          # rank 0 wrote it
     assert spawned[1]["probe"], "the audit hook does not see a file read"
     assert spawned[1]["touched"] == [], spawned[1]["touched"][:5]
+
+def test_a_refusal_reaches_every_rank(spawned):
+    for r in spawned: assert r["refused"] is not None and "already holds a run" in r["refused"], r["refused"]
