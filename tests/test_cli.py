@@ -13,9 +13,11 @@ def dpg(*args, cwd=None):
 def test_list():
     r = dpg("list")
     assert r.returncode == 0, r.stderr
-    names = [l.split()[0] for l in r.stdout.splitlines() if l.strip() and not l.startswith("scales")]
+    names = [l.split()[0] for l in r.stdout.splitlines() if l.strip() and not l.startswith(("scales", "keys"))]
     assert names == ["qr", "sixseven", "l2", "language", "uuid"]
     assert "cpu, smol, paper" in r.stdout
+    r = dpg("list", "qr", "--scale", "paper")                     # every key, with the paper's defaults
+    assert r.returncode == 0 and "  strength=20.0 " in r.stdout and "  error_correction=M " in r.stdout, r.stdout
 
 def test_user_error_is_one_line_exit_2(tmp_path):
     r = dpg("run", "nope", "--out", str(tmp_path / "x"))

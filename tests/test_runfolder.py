@@ -139,7 +139,7 @@ def test_divergence_names_the_key(tmp_path, capsys):
     rc, err = dpg("run", "l2", "--out", out, "--no-progress", "inner_lr=1e4", "steps=1", capsys=capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "diverged at train step 1: Φ of the trained target is not finite; lower inner_lr (now 10000)" in err, err
-    assert [(r["split"], r["step"]) for r in L.read_metrics(out)] == [("val", 0)]   # nothing of step 1
+    assert [(r["split"], r["step"]) for r in L.read_metrics(out)] == [("val", 0), ("val_small", 0)]   # nothing of step 1
 
 @pytest.mark.parametrize("how,key", [("phi", "inner_lr"), ("weights", "gen_lr")])
 def test_divergence_leaves_the_checkpoint(runs, two, capsys, monkeypatch, how, key):

@@ -21,7 +21,7 @@ def readme_text(nb_path=ROOT/"nbs"/"index.ipynb"):
         if any(l.strip().startswith("#|") and ("hide" in l or "exec_doc" in l) for l in lines): continue
         code = "\n".join(l for l in lines if not l.strip().startswith("#|")).strip()
         parts.append(f"```python\n{code}\n```")
-        out = "".join("".join(o.get("text", "")) for o in c.get("outputs", []) if o.get("output_type") == "stream").strip()
+        out = "".join("".join(o.get("text", "")) for o in c.get("outputs", []) if o.get("output_type") == "stream" and o.get("name", "stdout") == "stdout").strip()
         if out: parts.append(f"```\n{out}\n```")
     return "\n\n".join(parts) + "\n"
 
