@@ -71,6 +71,8 @@ def _last_line(out, cfg, rows)->str:
 def cmd_run(a)->int:
     ov, seed, n = _overrides(a.overrides), _int("--seed", a.seed), D.nproc(a.nproc)
     out = Path(a.out or f"runs/{a.experiment}-{a.scale}")
+    if a.resume and not (out / "config.json").exists() and not (out.is_dir() and any(out.iterdir())):
+        raise L.UserError(f"--resume: {out} holds no run to resume (start one without --resume)")
     if a.resume and (out / "config.json").exists():
         cfg = L.resume_config(out, ov)
         if (cfg.experiment, cfg.scale, cfg.seed) != (a.experiment, a.scale, seed):
@@ -107,6 +109,7 @@ def main(argv:list=None)->int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [x for x in argv if x != "--debug"]
+    if not argv: parser().print_help(); return 0          # `dpg` alone: what it can do
     try:
         a, rest = parser().parse_known_args(argv)
         if a.cmd == "run":

@@ -313,8 +313,14 @@ def save_generator(out:Path, gen, tok=None):
             # GGUF weights are de-quantized to float when loaded (SmolLM2 here): save them as a plain checkpoint
             gen.hf_quantizer, gen.is_quantized = None, False
             if hasattr(gen.config, "quantization_config"): del gen.config.quantization_config
-        gen.save_pretrained(tmp)
-        if tok is not None: tok.save_pretrained(tmp)
+        from transformers.utils import logging as hf_logging
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()             # the run's own bar (or none, --no-progress) is all a user sees
+        try:
+            gen.save_pretrained(tmp)
+            if tok is not None: tok.save_pretrained(tmp)
+        finally:
+            if bar: hf_logging.enable_progress_bar()
         for f in tmp.rglob("*"):
             if f.is_file(): _fsync(f)
         os.chmod(tmp, 0o777 & ~_UMASK); fsync_dir(tmp)
