@@ -40,7 +40,7 @@ def parser()->argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     r.add_argument("--seed", default="0", help="seed of everything random")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--nproc", default=None, help="ranks sharing each step (torchrun; gloo on CPU, NCCL with CUDA); see 07b_distributed")
+    r.add_argument("--nproc", default=None, help="ranks sharing each step (torchrun; gloo on CPU, NCCL with CUDA); see 08b_distributed")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see dpg_nb.loop.Config)")
     ls = sub.add_parser("list", help="list experiments and scales; with an experiment, every key and its default")
     ls.add_argument("experiment", nargs="?", default=None); ls.add_argument("--scale", default="cpu")

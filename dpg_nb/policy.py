@@ -143,7 +143,7 @@ def policy_step(model,                  # the generator
     if not isinstance(mbs, int) or mbs < 1: raise ValueError(f"policy_step: microbatch_size must be a positive int")
     if kl_coef and ref_model is None: raise ValueError("policy_step: kl_coef > 0 needs ref_model (e.g. a copy of the initial generator)")
     params = [p for grp in opt.param_groups for p in grp["params"] if p.requires_grad]
-    ranks = _Ranks(group)                     # several: each backpropagates its share of a mini-batch (see 07b_distributed)
+    ranks = _Ranks(group)                     # several: each backpropagates its share of a mini-batch (see 08b_distributed)
     dev = next(model.parameters()).device
     rollouts, adv = rollouts.to(dev), adv.to(dev)
     was_training = model.training
