@@ -203,7 +203,7 @@ class UUIDMetric(CEMetric):
 # %% ../nbs/14_language.ipynb #d5aee50c
 def _need_tok(cfg, tokenizer):
     if tokenizer is None:
-        from dpg_nb.loop import UserError
+        from dpg_nb.runfolder import UserError
         raise UserError(f"experiment {cfg.experiment!r} is not implemented yet at scale {cfg.scale!r}: it needs text "
                         "(a target tokenizer); use --scale smol or --scale paper")
 
@@ -214,7 +214,7 @@ def language_metric(cfg, # the run's config (`lang`, `seed`)
     "Φ of the `language` experiment: −CE of `lang` passages, their last words (`lang_form=lastword`) or every token (`whole`)."
     _need_tok(cfg, tokenizer)
     if cfg.lang not in LANGS:
-        from dpg_nb.loop import UserError
+        from dpg_nb.runfolder import UserError
         raise UserError(f"lang must be one of {'|'.join(LANGS)}, got {cfg.lang!r}")
     return LanguageMetric(target, tokenizer, cfg.lang, cfg.lang_form, max_len=cfg.max_len, seed=cfg.seed)
 

@@ -44,7 +44,7 @@ class Config:
     experiment: str = "qr"      # qr | sixseven | l2 | language | uuid | a registered one
     scale: str = "cpu"          # cpu | smol | paper
     seed: int = 0               # everything random derives from it
-    # --- DESIGN.md's override keys
+    # --- the keys an experiment's runs vary most
     steps: int = 60             # generator steps
     prompts_per_step: int = 16  # B: prompts per generator step
     samples_per_prompt: int = 4 # G: rollouts per prompt (GRPO compares them)
@@ -771,7 +771,7 @@ class Run:
         else: st = dict(loss=None, kl=None, clip_frac=None, grad_norm=None)   # nothing to learn from: no update
         t3 = time.perf_counter()
         if not self.wrote_val_image and hasattr(self.metric, "image"):      # a picture before the first val row
-            self.io.save_image(c, self.metric, res["params"], step)
+            self.io.save_image(c, self.metric, res["params"], step); self.wrote_val_image = True   # once, not every step
         row = dict(split="train", step=step, examples_seen=examples_seen, phi=res["phi"], **res["readable"],
                    **_readable_texts(self.metric, ro.texts),
                    **_stats("reward", r), **_stats("adv", A), gen_loss=st.get("loss"), kl=st.get("kl"),
