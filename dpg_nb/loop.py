@@ -64,6 +64,7 @@ class Config:
     error_correction: str = "M" # qr: the code's error-correction level, L | M | Q | H (L repairs 7% of its bytes, M 15%, H 30%); M is the paper's
     patch_col0: int = -1        # qr, sixseven: token id of the patch's first column; -1: the id of "!" in the target's tokenizer (0 without one)
     strength: float = 20.0      # qr, sixseven: s in Φ = -mean(softplus(-s·S⊙Δ)) (the paper's 20)
+    fixed_weight: float = 1.0   # qr: weight of a fixed-pattern module (finders, timing, format) against a codeword module in Φ (1: the paper's)
     lang: str = "es"            # language: target language
     lang_form: str = "lastword" # language: score the last word of each passage (lastword, as LAMBADA) or every token (whole)
     # --- sizes, models and knobs the scales set
@@ -188,7 +189,8 @@ def patch_col0(cfg:Config, tokenizer=None)->int:
     return ids[0]
 
 def _qr_metric(cfg, target, tokenizer=None):
-    return T.QRMetric(cfg.text, _head(target), s=cfg.strength, error_correction=cfg.error_correction, col0=patch_col0(cfg, tokenizer))
+    return T.QRMetric(cfg.text, _head(target), s=cfg.strength, error_correction=cfg.error_correction, col0=patch_col0(cfg, tokenizer),
+                       fixed_weight=cfg.fixed_weight)
 def _sixseven_metric(cfg, target, tokenizer=None): return T.PatternMetric(T.SIXSEVEN, _head(target), s=cfg.strength, col0=patch_col0(cfg, tokenizer))
 def _l2_metric(cfg, target): return T.L2Metric()
 def _language_metric(cfg, target, tokenizer=None):
@@ -204,7 +206,7 @@ PATTERN_CPU = dict(prompts_per_step=64, grouping="inverse", strength=500.0, gen_
                    kl_coef=0.04, credit="token")       # the best measured recipe for a pattern in the head (see the QR and "67" pages)
 QR_CPU = dict(PATTERN_CPU, max_new_tokens=32, steps=3000, val_every=100, ckpt_every=100)
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
-                    scales={"cpu": QR_CPU, "paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength"))
+                    scales={"cpu": QR_CPU, "paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength", "fixed_weight"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
                     scales={"cpu": dict(PATTERN_CPU, steps=400, val_every=20, ckpt_every=100), "paper": dict(steps=3840)}, keys=("patch_col0", "strength"))
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
@@ -217,7 +219,7 @@ register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UU
                     scales={"paper": dict(LLAMA_PAPER, steps=360)})
 
 # %% ../nbs/08_loop.ipynb #f98ead19
-_EXP_KEYS = ("text", "error_correction", "lang", "lang_form", "patch_col0", "strength")
+_EXP_KEYS = ("text", "error_correction", "lang", "lang_form", "patch_col0", "strength", "fixed_weight")
 
 def resolve(experiment:str="qr", # a registered experiment
             scale:str="cpu", # cpu | smol | paper
@@ -265,6 +267,7 @@ def validate(cfg:Config)->Config:
     if cfg.kl_coef < 0: raise UserError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
     if cfg.patch_col0 < -1: raise UserError(f"patch_col0 must be a token id, or -1 for the id of '!', got {cfg.patch_col0}")
     if cfg.strength <= 0: raise UserError(f"strength must be positive, got {cfg.strength}")
+    if cfg.fixed_weight <= 0: raise UserError(f"fixed_weight must be positive, got {cfg.fixed_weight}")
     if cfg.threads < 0: raise UserError(f"threads must be >= 0, got {cfg.threads}")
     if not 0 < cfg.top_p <= 1: raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
     for k, ch in CHOICES.items():

@@ -158,10 +158,17 @@ class L2Metric:
         return dict(lm_head_norm=torch.linalg.matrix_norm(params[self.name].detach()).item())
 
 class QRMetric(PatternMetric):
-    "The pattern metric on a QR code; its readable metrics add the text decoded from `sign(Δ)`."
-    def __init__(self, text:str, initial_head, s:float=20., error_correction:str="L", name:str=HEAD, col0:int=0):
+    "The pattern metric on a QR code, its fixed patterns weighted by `fixed_weight`; readable metrics add the decoded text."
+    def __init__(self, text:str, initial_head, s:float=20., error_correction:str="L", name:str=HEAD, col0:int=0,
+                 fixed_weight:float=1.): # weight of a fixed-pattern module in the mean (1: every module alike, the paper's Φ)
         super().__init__(qr_matrix(text, error_correction=error_correction), initial_head, s, name, col0)
-        self.text = text
+        if not fixed_weight > 0: raise ValueError(f"fixed_weight must be positive, got {fixed_weight}")
+        self.text, self.fixed_weight = text, float(fixed_weight)
+        w = torch.where(qr_function_modules(), self.fixed_weight, 1.).double()
+        self.weights = w / w.mean()                                            # ω, mean 1
+    def __call__(self, params)->torch.Tensor:
+        D = self.delta(params)
+        return -(self.weights.to(D) * F.softplus(-self.s * self.S.to(D) * D)).mean()   # Φ = -mean(ω ⊙ softplus(-s·S⊙Δ))
     def readable(self, params)->dict:
         d = super().readable(params)
         d["decoded_text"] = decode_qr(self.image(params))
