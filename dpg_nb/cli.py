@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, sys, traceback
 from pathlib import Path
 from . import loop as L
+from . import config as C
 from . import distributed as D
 
 # %% auto #0
@@ -41,7 +42,7 @@ def parser()->argparse.ArgumentParser:
     r.add_argument("--seed", default="0", help="seed of everything random")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--nproc", default=None, help="ranks sharing each step (torchrun; gloo on CPU, NCCL with CUDA); see 08b_distributed")
-    r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see dpg_nb.loop.Config)")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see dpg_nb.config.Config)")
     ls = sub.add_parser("list", help="list experiments and scales; with an experiment, every key and its default")
     ls.add_argument("experiment", nargs="?", default=None); ls.add_argument("--scale", default="cpu")
     pl = sub.add_parser("plot", help="overlay runs against examples seen (seeds of one setting as a band)")
@@ -56,7 +57,7 @@ def _int(name, v):
 
 def keys_table(experiment:str, scale:str)->str:
     "Every key of `dpg run EXPERIMENT --scale SCALE`: its default there and its line of meaning."
-    cfg, h = L.resolve(experiment, scale), L.key_help()
+    cfg, h = C.resolve(experiment, scale), C.key_help()
     return "\n".join(f"  {k + '=' + str(getattr(cfg, k)):<32} {h[k]}" for k in h if k not in ("experiment", "scale", "seed"))
 
 def _last_line(out, cfg, rows)->str:
@@ -78,7 +79,7 @@ def cmd_run(a)->int:
         if (cfg.experiment, cfg.scale, cfg.seed) != (a.experiment, a.scale, seed):
             raise L.UserError(f"--resume: {out} holds a run of {cfg.experiment} --scale {cfg.scale} --seed {cfg.seed}, "
                               f"not {a.experiment} --scale {a.scale} --seed {seed}")
-    else: cfg = L.resolve(a.experiment, a.scale, seed, ov)
+    else: cfg = C.resolve(a.experiment, a.scale, seed, ov)
     if n > 1 and not D.launched(): return D.relaunch(cfg, out, a.resume, n, D.run_argv(a, out, seed, ov))
     rows = D.run(cfg, out, resume=a.resume, progress=not a.no_progress)      # alone: loop.run
     if not D.is_main(): return 0
@@ -89,9 +90,9 @@ def cmd_list(a)->int:
     if a.experiment:
         print(f"dpg run {a.experiment} --scale {a.scale}: every key=value and its default\n" + keys_table(a.experiment, a.scale))
         return 0
-    for n, e in L.EXPERIMENTS.items():
+    for n, e in C.EXPERIMENTS.items():
         print(f"{n:10s} {e.doc}" + ("" if e.ready else "  [not implemented yet]"))
-    print(f"scales: {', '.join(L.SCALES)}\nkeys and defaults: dpg list EXPERIMENT [--scale SCALE]")
+    print(f"scales: {', '.join(C.SCALES)}\nkeys and defaults: dpg list EXPERIMENT [--scale SCALE]")
     return 0
 
 def cmd_plot(a)->int:

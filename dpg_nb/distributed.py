@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from . import loop as L
+from . import config as C
 from . import runfolder as RF
 from .runfolder import UserError
 from .metagrad import _Ranks, DEFAULT_GROUP
@@ -171,7 +172,7 @@ def run(cfg, # a validated `loop.Config`
     try:
         ranks = _Ranks(DEFAULT_GROUP)
         if ranks.size == 1: return L.run(cfg, out, resume=resume, progress=progress)
-        L.validate(cfg); check(cfg, ranks.size)
+        C.validate(cfg); check(cfg, ranks.size)
         threads = torch.get_num_threads()
         if cfg.threads: torch.set_num_threads(cfg.threads)
         try: return _run(cfg, Path(out), resume, progress, ranks)

@@ -5,10 +5,13 @@
 # %% ../nbs/13_figures.ipynb #a7bbefb6
 from __future__ import annotations
 import json
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
 from . import loop as L
+from . import config as C
+from .step import sft, step_rewards
 from . import targets as T
 
 # %% auto #0
@@ -103,14 +106,17 @@ def _goal(cfg:dict, row:dict)->bool:
     if "decoded_text" in row: return row["decoded_text"] == cfg["text"]
     return row.get("pixel_accuracy") == 1.0
 
+def _field_defaults()->dict:
+    return json.loads(json.dumps({f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(C.Config)}))
+
 def seed_summary(out:str|Path, # a run folder or a kept one (`keep_run`)
                  experiment:str, # the experiment the command ran
                  overrides:dict=None, # the command's `key=value`s; the folder's config must be what they resolve to
                  key:str="pixel_accuracy", # the readable field the table reports
                 )->dict:
     "One seed's row of a results table: `seed`, `steps`, `minutes`, `first` goal `(step, minutes)` or None, `last`, `best`, the share of val rows at the goal, and the `val_small` rows' last and best."
-    cfg = run_config(out)
-    want = json.loads(json.dumps(L.asdict(L.resolve(experiment, cfg["scale"], cfg["seed"], overrides or {}))))
+    cfg = {**_field_defaults(), **run_config(out)}                      # keys added after the run: their defaults
+    want = json.loads(json.dumps(asdict(C.resolve(experiment, cfg["scale"], cfg["seed"], overrides or {}))))
     diff = sorted(k for k in want if k != "threads" and cfg.get(k) != want[k])
     if diff: raise ValueError(f"{out} did not run this command: its config differs in {diff}")
     t, val, small = 0.0, [], []
@@ -138,7 +144,7 @@ def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`
     for lab, (name, ov, seed) in runs.items():
         d = root / name
         scale = run_config(d)["scale"]
-        if L.resume_config(d) != L.resolve(experiment, scale, seed, ov):
+        if L.resume_config(d) != C.resolve(experiment, scale, seed, ov):
             raise ValueError(f"{d} was not run with `dpg run {experiment} --scale {scale} --seed {seed}` and {ov}")
         marks = out[lab] = val_timeline(d, key)
         within = [m[1] for m in marks if m[2] <= budget]
@@ -231,7 +237,7 @@ def token_shares(run:str|Path|L.Run, # as for `token_counts`
 
 
 # %% ../nbs/13_figures.ipynb #92a46eaa
-def reward_oracle(run:L.Run|L.Config, # an open run (its generator as it stands; `Run.open(out, load=False)`: the base one), or a config: its base models
+def reward_oracle(run:L.Run|C.Config, # an open run (its generator as it stands; `Run.open(out, load=False)`: the base one), or a config: its base models
                   eps_roots:dict={"exact": -1, "reward_eps_root 1e-3": 1e-3}, # label -> the rewards' `reward_eps_root` (-1: the exact reward)
                   step:int=10_000, # the train prompts of this step (one no run reaches)
                   seed:int=20_000, # the rollouts' sampling seed
@@ -253,7 +259,7 @@ def reward_oracle(run:L.Run|L.Config, # an open run (its generator as it stands;
     e = drop_one(R.target, x.to(dev), R.metric, L._inner_opt(c), c.inner_batch, m.to(dev)).numpy()
     out = dict(e=e)
     for lab, er in eps_roots.items():
-        r = L.step_rewards(L.validate(dataclasses.replace(c, reward_eps_root=float(er))), R.target, R.metric, x, m)["rewards"].numpy()
+        r = step_rewards(C.validate(dataclasses.replace(c, reward_eps_root=float(er))), R.target, R.metric, x, m)["rewards"].numpy()
         out[lab] = dict(r=r, all=spearman(r, e), within=spearman(r, e, group=c.samples_per_prompt))
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -356,7 +362,7 @@ def search_data(target:torch.nn.Module, # the target at its initial weights
             accs.append(T.pixel_accuracy(D, S)); sc += soft(D)
         return min(accs), sc
     def exact(X):                       # the real inner run, as a val row trains
-        D = metric.delta(L.sft(target, X[rows], opt, inner_batch, mask)).detach().float()
+        D = metric.delta(sft(target, X[rows], opt, inner_batch, mask)).detach().float()
         return T.pixel_accuracy(D, S), soft(D)
     X, hist = torch.randint(0, V, (distinct, length), generator=gen), {}
     for phase, score in (("first order", first_order), ("exact", exact)):

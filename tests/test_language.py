@@ -5,7 +5,8 @@ from dpg_nb.data import tiny_tokenizer
 from dpg_nb.models import tiny_lm
 from dpg_nb.language import (UUID, LanguageMetric, UUIDMetric, encode_eval, lang_texts, lang_prob, lang_share,
                              uuid_prefix_len)
-from dpg_nb.loop import resolve, make_metric, step_rewards, UserError
+from dpg_nb.config import resolve, make_metric, UserError
+from dpg_nb.step import step_rewards
 from dpg_nb.metagrad import rewards, train
 from dpg_nb.optim import AdamW, SGD
 

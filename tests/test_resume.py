@@ -2,7 +2,7 @@
 `metrics.jsonl` (timing fields aside) and the same generator weights as an uninterrupted run."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
-from dpg_nb.loop import strip_timing, generator_state
+from dpg_nb.runfolder import strip_timing, generator_state
 
 ARGS = ["run", "l2", "--no-progress", "steps=8", "ckpt_every=2", "val_every=3", "prompts_per_step=4", "val_small=0",
         "samples_per_prompt=4", "inner_batch=16", "val_prompts=16", "minibatch=16", "max_new_tokens=12",
