@@ -8,20 +8,21 @@ import importlib, inspect, math, os, sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
+import torch
 
 from . import targets as T
 from .runfolder import UserError
+from .policy import ADVANTAGES
 
 # %% auto #0
-__all__ = ['SCALES', 'TEXT_REWARDS', 'CHOICES', 'POSITIVE', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER', 'PATTERN_CPU',
-           'QR_CPU', 'Config', 'key_help', 'Experiment', 'register_experiment', 'patch_col0', 'resolve', 'validate',
-           'load_metric', 'make_metric']
+__all__ = ['SCALES', 'CHOICES', 'POSITIVE', 'INNER_OPTS', 'REWARDS', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER',
+           'PATTERN_CPU', 'QR_CPU', 'Config', 'key_help', 'InnerOpt', 'Reward', 'register_inner_opt', 'register_reward',
+           'inner_optimizer', 'Experiment', 'register_experiment', 'patch_col0', 'resolve', 'validate', 'load_metric',
+           'make_metric']
 
 # %% ../nbs/07b_config.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
-TEXT_REWARDS = ("langid", "levenshtein", "embedding")   # the language experiment's baselines: rewards read from the text
-CHOICES = dict(inner_opt=("adamw", "sgd"), reward=("dpg", "naive", "langid", "levenshtein", "embedding"), grouping=("cross", "inverse"),
-               advantage=("grpo", "rloo", "none"), credit=("row", "token"), adv_scale=("paper", "free"), gen_lr_schedule=("constant", "cosine"),
+CHOICES = dict(grouping=("cross", "inverse"), credit=("row", "token"), adv_scale=("paper", "free"), gen_lr_schedule=("constant", "cosine"),
                gen_dtype=("float32", "float64", "bfloat16", "float16"),
                target_dtype=("float32", "float64", "bfloat16", "float16"), lang_form=("lastword", "whole"),
                error_correction=("L", "M", "Q", "H"), inner_loss=("mean", "official"))
@@ -124,6 +125,84 @@ def key_help()->dict:
         m = re.match(r"\s+(\w+): \w+ = .*?#\s*(.*)$", line)
         if m: out[m.group(1)] = m.group(2).strip()
     return out
+
+# %% ../nbs/07b_config.ipynb #b827ab2f
+@dataclass
+class InnerOpt:
+    make: Callable              # (cfg, rewards:bool) -> a `dpg_nb.optim` optimizer
+    keys: tuple = ()            # config keys only this optimizer reads
+
+@dataclass
+class Reward:
+    score: Callable             # (run) -> float64 [n] rewards of the run's rows, or [n, L] per token
+    one_run: Callable           # cfg -> True: one inner run over all B*G rollouts; False: G runs of one rollout per prompt
+    check: Callable = None      # cfg -> None, or raises UserError
+    grouped: bool = True        # advantages within a prompt's group (False: across the whole batch)
+    text: bool = False          # scores the rollouts' text (a baseline of the language experiment)
+
+INNER_OPTS: dict = {}
+REWARDS: dict = {}
+
+def _identifier(kind, name):
+    if not isinstance(name, str) or not name.isidentifier(): raise ValueError(f"{kind} name must be an identifier, got {name!r}")
+    return name
+
+def register_inner_opt(name:str, make:Callable, keys:tuple=())->InnerOpt:
+    "Add (or replace) an inner optimizer, `inner_opt=NAME`."
+    INNER_OPTS[_identifier("inner_opt", name)] = o = InnerOpt(make, tuple(keys))
+    return o
+
+def register_reward(name:str, score:Callable, one_run:Callable, check:Callable=None, grouped:bool=True, text:bool=False)->Reward:
+    "Add (or replace) a reward, `reward=NAME`."
+    REWARDS[_identifier("reward", name)] = r = Reward(score, one_run, check, grouped, text)
+    return r
+
+def inner_optimizer(cfg, rewards:bool=False):
+    "The inner run's optimizer; with `rewards=True`, the one the metagradient differentiates."
+    return INNER_OPTS[cfg.inner_opt].make(cfg, rewards)
+
+# %% ../nbs/07b_config.ipynb #1106ff69
+def _adamw(cfg, rewards=False):                        # rewards: a smoothed surrogate's eps_root, if reward_eps_root is set
+    from dpg_nb.optim import AdamW
+    return AdamW(lr=cfg.inner_lr, eps_root=cfg.reward_eps_root if rewards and cfg.reward_eps_root > 0 else cfg.inner_eps_root)
+
+def _sgd(cfg, rewards=False):
+    from dpg_nb.optim import SGD
+    return SGD(lr=cfg.inner_lr)
+
+register_inner_opt("adamw", _adamw, keys=("inner_eps_root", "reward_eps_root"))
+register_inner_opt("sgd", _sgd)
+
+# %% ../nbs/07b_config.ipynb #2fc011de
+def _dpg_score(run):                                   # r_i = dΦ/dw_i, exact (per token with credit=token)
+    from dpg_nb.metagrad import rewards
+    kw = dict(loss_scale=run.scale) if run.scale is not None else {}
+    return rewards(run.target, run.x, run.metric, opt=inner_optimizer(run.cfg, rewards=True), batch_size=run.bb, loss_mask=run.m,
+                   per_token=run.cfg.credit == "token", microbatch_size=run.mb, **kw).detach().double().cpu()
+
+def _naive_score(run): return torch.full((len(run.x),), run.phi, dtype=torch.float64)   # Φ of the run's target, for each of its rows
+
+def _text_score(run):                                  # a language baseline: each rollout's own text
+    if run.texts is None or not hasattr(run.metric, "text_rewards"): raise UserError(f"reward={run.cfg.reward} needs texts and a metric with text_rewards")
+    try: return run.metric.text_rewards(run.texts, run.cfg.reward).double()
+    except ValueError as e: raise UserError(str(e)) from None
+
+def _not_dpg(cfg):
+    if cfg.reward_eps_root != -1: raise UserError(f"reward_eps_root applies to reward=dpg, got reward={cfg.reward}")
+    if cfg.credit == "token": raise UserError(f"credit=token splits the DPG metagradient over a rollout's tokens: it needs reward=dpg, got reward={cfg.reward}")
+
+def _naive_check(cfg):
+    _not_dpg(cfg)
+    if cfg.grouping != "cross": raise UserError("grouping applies to reward=dpg; the naive baseline always makes G datasets of one rollout per prompt")
+    if cfg.samples_per_prompt < 2: raise UserError(f"samples_per_prompt must be >= 2 for the naive baseline (G targets to compare), got {cfg.samples_per_prompt}")
+
+def _text_check(cfg):
+    if cfg.experiment != "language": raise UserError(f"reward={cfg.reward} is a baseline of the language experiment; {cfg.experiment!r} takes dpg or naive")
+    _not_dpg(cfg)
+
+register_reward("dpg", _dpg_score, one_run=lambda cfg: cfg.grouping == "cross")
+register_reward("naive", _naive_score, one_run=lambda cfg: False, check=_naive_check, grouped=False)
+for _k in ("langid", "levenshtein", "embedding"): register_reward(_k, _text_score, one_run=lambda cfg: True, check=_text_check, text=True)
 
 # %% ../nbs/07b_config.ipynb #91c4113c
 @dataclass
@@ -251,32 +330,30 @@ def validate(cfg:Config)->Config:
     for k in ("inner_lr", "gen_lr", "temperature", "clip", "max_grad_norm"):
         if getattr(cfg, k) <= 0: raise UserError(f"{k} must be positive, got {getattr(cfg, k)}")
     if cfg.inner_eps_root <= 0: raise UserError(f"inner_eps_root must be positive (at 0 the metagradient through Adam is NaN), got {cfg.inner_eps_root}")
-    if cfg.reward_eps_root != -1:
-        if cfg.reward_eps_root <= 0: raise UserError(f"reward_eps_root must be positive, or -1 for inner_eps_root, got {cfg.reward_eps_root}")
-        if cfg.reward != "dpg" or cfg.inner_opt != "adamw":
-            raise UserError(f"reward_eps_root applies to reward=dpg with inner_opt=adamw, got reward={cfg.reward} inner_opt={cfg.inner_opt}")
+    if cfg.reward_eps_root != -1 and cfg.reward_eps_root <= 0:
+        raise UserError(f"reward_eps_root must be positive, or -1 for inner_eps_root, got {cfg.reward_eps_root}")
     if cfg.kl_coef < 0: raise UserError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
     if cfg.patch_col0 < -1: raise UserError(f"patch_col0 must be a token id, or -1 for the id of '!', got {cfg.patch_col0}")
     if cfg.strength <= 0: raise UserError(f"strength must be positive, got {cfg.strength}")
     if cfg.fixed_weight <= 0: raise UserError(f"fixed_weight must be positive, got {cfg.fixed_weight}")
     if cfg.threads < 0: raise UserError(f"threads must be >= 0, got {cfg.threads}")
     if not 0 < cfg.top_p <= 1: raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
-    for k, ch in CHOICES.items():
+    for k, ch in {**CHOICES, "inner_opt": INNER_OPTS, "reward": REWARDS, "advantage": ADVANTAGES}.items():
         if getattr(cfg, k) not in ch: raise UserError(f"{k} must be one of {'|'.join(ch)}, got {getattr(cfg, k)!r}")
+    defaults = {f.name: f.default for f in fields(Config)}
+    for name, o in INNER_OPTS.items():                 # an optimizer's own keys keep their defaults under any other
+        for k in o.keys:
+            if name != cfg.inner_opt and getattr(cfg, k) != defaults[k]:
+                raise UserError(f"{k} applies to inner_opt={name}, got inner_opt={cfg.inner_opt}")
+    if REWARDS[cfg.reward].check: REWARDS[cfg.reward].check(cfg)
     if cfg.experiment == "qr":
         try: T.qr_matrix(cfg.text, error_correction=cfg.error_correction)
         except ValueError as e: raise UserError(str(e)) from None
     if cfg.experiment == "language" and cfg.lang not in ("es", "fr", "de", "it"):
         raise UserError(f"lang must be one of es|fr|de|it, got {cfg.lang!r}")
-    if cfg.reward in TEXT_REWARDS and cfg.experiment != "language":
-        raise UserError(f"reward={cfg.reward} is a baseline of the language experiment; {cfg.experiment!r} takes dpg or naive")
-    if cfg.credit == "token" and cfg.reward != "dpg":
-        raise UserError(f"credit=token splits the DPG metagradient over a rollout's tokens: it needs reward=dpg, got reward={cfg.reward}")
-    if cfg.reward == "naive" and cfg.grouping != "cross":
-        raise UserError("grouping applies to reward=dpg; the naive baseline always makes G datasets of one rollout per prompt")
-    if cfg.samples_per_prompt < 2 and (cfg.advantage != "none" or cfg.reward == "naive"):
-        raise UserError(f"samples_per_prompt must be >= 2 for advantage={cfg.advantage} and the naive baseline, got {cfg.samples_per_prompt}")
-    per_run = cfg.n_rollouts if (cfg.reward in TEXT_REWARDS or (cfg.reward == "dpg" and cfg.grouping == "cross")) else cfg.prompts_per_step
+    if cfg.samples_per_prompt < 2 and ADVANTAGES[cfg.advantage][2]:
+        raise UserError(f"samples_per_prompt must be >= 2 for advantage={cfg.advantage} (it compares a prompt's rollouts), got {cfg.samples_per_prompt}")
+    per_run = cfg.n_rollouts if REWARDS[cfg.reward].one_run(cfg) else cfg.prompts_per_step
     if per_run % cfg.inner_batch:
         raise UserError(f"inner_batch={cfg.inner_batch} does not divide the {per_run} examples of an inner run "
                         f"(reward={cfg.reward}, grouping={cfg.grouping}) into inner steps")

@@ -5,12 +5,13 @@
 # %% ../nbs/07c_step.ipynb #e9dbd357
 from __future__ import annotations
 import math
+from types import SimpleNamespace
 import numpy as np
 import torch
 
 from .models import tiny_lm, require_eager
 from .runfolder import UserError
-from .config import Config, TEXT_REWARDS
+from .config import Config, REWARDS, inner_optimizer
 
 # %% auto #0
 __all__ = ['TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'build_target', 'build_models', 'select_trainable', 'sft',
@@ -169,11 +170,7 @@ class Prompts:
         return self._encode([self.test_p[i % len(self.test_p)] for i in range(n)])
 
 # %% ../nbs/07c_step.ipynb #60276f2e
-def _inner_opt(cfg, rewards:bool=False):
-    "The inner run's optimizer; with `rewards=True`, the one the metagradient differentiates (`reward_eps_root`, if set)."
-    from dpg_nb.optim import SGD, AdamW
-    if cfg.inner_opt == "sgd": return SGD(lr=cfg.inner_lr)
-    return AdamW(lr=cfg.inner_lr, eps_root=cfg.reward_eps_root if rewards and cfg.reward_eps_root > 0 else cfg.inner_eps_root)
+_inner_opt = inner_optimizer   # the registry's (config page)
 
 def gen_lr_at(cfg:Config, step:int)->float:
     "The generator's learning rate at step `step` (1 to `cfg.steps`): a pure function of the step, so a resumed run repeats it."
@@ -210,14 +207,14 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
                  eos_id:int=None, # the target's EOS id (for `inner_loss=official`)
                 )->dict:
     "Rewards of one step's rollouts (`ids`, `mask` are `[N, L]`, rows grouped by prompt) and Φ of the trained targets."
-    from dpg_nb.metagrad import rewards
     N, G, b = ids.shape[0], cfg.samples_per_prompt, cfg.inner_batch
     dev = next(target.parameters()).device
     ids, mask = ids.to(dev), mask.to(dev).bool()
     r = torch.full((N,), float("nan"), dtype=torch.float64)
     per_token = cfg.credit == "token"
     tok = torch.full(tuple(ids.shape), float("nan"), dtype=torch.float64) if per_token else None
-    if cfg.reward in TEXT_REWARDS or (cfg.reward == "dpg" and cfg.grouping == "cross"): runs = [torch.arange(N)]
+    reward = REWARDS[cfg.reward]
+    if reward.one_run(cfg): runs = [torch.arange(N)]
     else: runs = [torch.arange(k, N, G) for k in range(G)]   # one rollout per prompt: rows j*G + k
     phis, reads, last = [], [], None
     got = torch.zeros(N, dtype=torch.bool)
@@ -232,21 +229,15 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
         params = sft(target, x, _inner_opt(cfg), bb, m, scale, mb)
         with torch.no_grad(): phi = float(metric(params))
         phis.append(phi); reads.append(_readable(metric, params)); last = params
-        if cfg.reward == "naive": r[use] = phi
-        elif cfg.reward in TEXT_REWARDS:          # baselines: a reward per rollout from its text alone (Φ still logged)
-            if texts is None or not hasattr(metric, "text_rewards"): raise UserError(f"reward={cfg.reward} needs texts and a metric with text_rewards")
-            try: r[use] = metric.text_rewards([texts[i] for i in use.tolist()], cfg.reward).double()
-            except ValueError as e: raise UserError(str(e)) from None
-        else:
-            try:
-                kw = dict(loss_scale=scale) if scale is not None else {}
-                rt = rewards(target, x, metric, opt=_inner_opt(cfg, rewards=True), batch_size=bb, loss_mask=m,
-                             per_token=per_token, microbatch_size=mb, **kw).detach().double().cpu()
-                if per_token: tok[use], rt = fold_padding(rt, mask[use.to(dev)].cpu()), rt.sum(1)
-                r[use] = rt
-            except ValueError as e:                 # the engine refuses non-finite rewards: skip the run's rows, count them
-                if "not finite" not in str(e): raise
-                r[use] = float("inf")
+        run = SimpleNamespace(cfg=cfg, target=target, metric=metric, x=x, m=m, scale=scale, bb=bb, mb=mb, phi=phi, params=params,
+                              texts=None if texts is None else [texts[i] for i in use.tolist()])
+        try: rt = reward.score(run)
+        except ValueError as e:                     # the engine refuses non-finite rewards: skip the run's rows, count them
+            if isinstance(e, UserError) or "not finite" not in str(e): raise
+            rt = torch.full((len(use),), float("inf"), dtype=torch.float64)
+        if rt.dim() == 2:                           # per token (credit=token): folded back onto the rows, summed per row
+            tok[use], rt = fold_padding(rt, mask[use.to(dev)].cpu()), rt.sum(1)
+        r[use] = rt
     if not phis:
         raise UserError(f"empty generations: no rollout of this step has a token the target can be trained on "
                         f"({n_empty} of {N} are empty)")
@@ -280,7 +271,7 @@ def step_advantages(cfg:Config, r:torch.Tensor, group:torch.Tensor)->torch.Tenso
     A = torch.zeros_like(r)
     ok = torch.isfinite(r).reshape(len(r), -1).all(1)
     if ok.sum() < 2: return A
-    grp = torch.zeros_like(group) if cfg.reward == "naive" else group
+    grp = group if REWARDS[cfg.reward].grouped else torch.zeros_like(group)
     a = advantages(r[ok], grp[ok], kind=cfg.advantage, scale=cfg.adv_scale)
     A[ok] = torch.nan_to_num(a.double(), nan=0.0, posinf=0.0, neginf=0.0)
     return A

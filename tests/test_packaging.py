@@ -27,9 +27,10 @@ def test_wheel_in_clean_venv(tmp_path):
     files = run(py, "-m", "pip", "show", "-f", "dpg_nb")
     assert "dpg_nb/models.py" in files
 
-# a declared requirement -> the module the package imports it as; gguf is imported by transformers (GGUF weights)
+# a declared requirement -> the module the package imports it as; gguf and accelerate are imported by transformers
 IMPORT_NAME = {"opencv-python-headless": "cv2", "pyyaml": "yaml", "chatterbot-corpus": "chatterbot_corpus"}
-USED_INDIRECTLY = {"gguf": "transformers reads SmolLM2's GGUF weights through it"}
+USED_INDIRECTLY = {"gguf": "transformers reads SmolLM2's GGUF weights through it",
+                   "accelerate": "transformers requires it to load a GGUF file (SmolLM2)"}
 
 def test_declared_requirements_are_the_imported_ones():
     import ast, configparser, re
