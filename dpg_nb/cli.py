@@ -51,6 +51,7 @@ def parser()->argparse.ArgumentParser:
     s.add_argument("dir"); s.add_argument("-n", default="4"); s.add_argument("--max-new-tokens", default=None); s.add_argument("--seed", default="0")
     return p
 
+# %% ../nbs/09_cli.ipynb #43462474
 def _int(name, v):
     try: return int(v)
     except (TypeError, ValueError): raise L.UserError(f"{name} must be an integer, got {v!r}") from None
@@ -86,6 +87,7 @@ def cmd_run(a)->int:
     print(_last_line(out, cfg, rows))
     return 0
 
+# %% ../nbs/09_cli.ipynb #cdd9c8aa
 def cmd_list(a)->int:
     if a.experiment:
         print(f"dpg run {a.experiment} --scale {a.scale}: every key=value and its default\n" + keys_table(a.experiment, a.scale))
@@ -105,6 +107,7 @@ def cmd_sample(a)->int:
         print(f"[{i}] {t}")
     return 0
 
+# %% ../nbs/09_cli.ipynb #5fcf49cc
 def main(argv:list=None)->int:
     "Entry point of the `dpg` console script: a user error is one line on stderr and status 2 (`--debug`: its traceback too); a bug, its traceback and status 1."
     argv = list(sys.argv[1:] if argv is None else argv)

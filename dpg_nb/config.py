@@ -30,6 +30,7 @@ POSITIVE = ("steps", "prompts_per_step", "samples_per_prompt", "inner_batch", "v
             "max_new_tokens", "prompt_len", "val_prompts", "max_len", "vocab_size", "gen_hidden", "gen_layers",
             "target_hidden", "target_layers", "minibatch", "epochs")
 
+# %% ../nbs/07b_config.ipynb #0d1f59f9
 @dataclass
 class Config:
     "A DPG run: every field is a `key=value` override of `dpg run`."
@@ -275,6 +276,8 @@ LLAMA_PAPER = dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-ll
 PATTERN_CPU = dict(prompts_per_step=64, grouping="inverse", strength=500.0, gen_lr_schedule="cosine", reward_eps_root=1e-3,
                    kl_coef=0.04, credit="token")       # the best measured recipe for a pattern in the head (see the QR and "67" pages)
 QR_CPU = dict(PATTERN_CPU, max_new_tokens=32, steps=3000, val_every=100, ckpt_every=100)
+
+# %% ../nbs/07b_config.ipynb #ed0848fc
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
                     scales={"cpu": QR_CPU, "paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength", "fixed_weight"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
@@ -314,6 +317,7 @@ def resolve(experiment:str="qr", # a registered experiment
     validate(cfg)
     return cfg
 
+# %% ../nbs/07b_config.ipynb #f4a8d62f
 def validate(cfg:Config)->Config:
     "Raise `UserError` naming the first problem with `cfg`."
     types = _field_types()

@@ -76,6 +76,7 @@ def uniforms(N:int, T:int, generator:torch.Generator=None, device=None)->torch.T
     dev = generator.device if generator is not None else device
     return torch.rand(N, T, generator=generator, dtype=torch.float64, device=dev)
 
+# %% ../nbs/08b_distributed.ipynb #18a60e6f
 def sample(model, prompt_ids:torch.Tensor, prompt_mask:torch.Tensor, G:int, max_new_tokens:int, temperature:float=1.0,
            top_p:float=1.0, eos_id=None, pad_id:int=0, generator:torch.Generator=None, tokenizer=None,
            group=DEFAULT_GROUP, # the ranks sharing the prompts (each passes the same arguments); None: this process alone
@@ -130,6 +131,7 @@ def _state_tensors(gen, opt)->list:
     ps = [p for g in opt.param_groups for p in g["params"]]
     return [p.data for p in RF.trainable(gen).values()] + [opt.state[p][k] for p in ps for k in sorted(opt.state.get(p, {})) if torch.is_tensor(opt.state[p][k])]
 
+# %% ../nbs/08b_distributed.ipynb #a4eabe83
 def share_checkpoint(gen, opt, load, ranks)->dict:
     "Rank 0 `load()`s the checkpoint into `gen`, `opt` (None: there is none); every rank gets its weights, optimizer state, RNG states and step."
     def meta():

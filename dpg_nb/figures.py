@@ -62,6 +62,7 @@ def val_timeline(out:str|Path, # a run folder
     if not marks: raise ValueError(f"{out} has no val rows")
     return marks
 
+# %% ../nbs/13_figures.ipynb #d89148a6
 def plot_curves(runs:dict, # label -> run folder
                 key:str, # a metrics.jsonl field, e.g. `pixel_accuracy`, `phi`, `lm_head_norm`
                 ax=None, # matplotlib axes (default: a new figure)

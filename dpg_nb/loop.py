@@ -100,6 +100,7 @@ def _texts(ro)->list:
     if ro.texts is not None: return list(ro.texts)
     return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
 
+# %% ../nbs/08_loop.ipynb #fa2baaed
 class FolderIO:
     "Every read and write of the run folder the loop makes (a distributed run's other ranks make none: `dpg_nb.distributed`)."
     def __init__(self, out:Path): self.out = Path(out)
@@ -113,6 +114,7 @@ class FolderIO:
         save_generator(self.out, gen, tok); plot_run(self.out)
         return read_metrics(self.out)
 
+# %% ../nbs/08_loop.ipynb #63c163da
 class Run:
     "The state of one run: models, optimizers, prompts, files."
     def __init__(self, cfg:Config, out:Path, resume:bool):
@@ -297,6 +299,7 @@ def _run(cfg, out, resume, progress):
         RF.sweep(out)                               # temporaries a killed run left behind
         return _run_steps(cfg, out, resume, progress, R)
 
+# %% ../nbs/08_loop.ipynb #cc499fe8
 def _run_steps(cfg, out, resume, progress, R):
     "The run's steps, its folder locked; every file goes through `R.io`."
     from tqdm.auto import tqdm
@@ -329,6 +332,7 @@ def _run_steps(cfg, out, resume, progress, R):
     bar.close()
     return R.io.finish(R.gen, R.gtok)           # the trained generator, curves.png; the rows
 
+# %% ../nbs/08_loop.ipynb #26da65aa
 def resume_config(out:str|Path, overrides:dict=None)->Config:
     "The config a run in `out` was started with, with `overrides` (only `steps` may change) applied."
     if not (Path(out) / "config.json").exists(): raise UserError(f"--resume: {out} holds no run (no config.json)")
@@ -388,6 +392,7 @@ def plot_runs(dirs:list, # run folders
         plt.close(fig)
     return fig
 
+# %% ../nbs/08_loop.ipynb #2a074dbf
 def plot_run(out:Path):
     "`curves.png` in a run's folder: Φ and the readable metric, train and val, against examples seen."
     from matplotlib.figure import Figure   # no pyplot: drawing a run's PNG must not touch the caller's backend or figures

@@ -452,6 +452,7 @@ def _ranks(v:np.ndarray)->np.ndarray:
     _, inv, cnt = np.unique(v, return_inverse=True, return_counts=True)
     return (np.bincount(inv, r) / cnt)[inv]
 
+# %% ../nbs/02_metagrad.ipynb #518e09f6
 def spearman(a, b, # two [n] score vectors (tensors or arrays)
              group:int=None, # centre each within consecutive groups of this many rows first (GRPO's comparison)
             )->float: # Spearman's rank correlation

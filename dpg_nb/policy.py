@@ -128,6 +128,7 @@ def _sum_over_ranks(params:list, ranks, st:dict, tot:float, kl:float)->tuple:
     st["clip_frac"], st["ppo_kl"] = float(v[2]), float(v[3])
     return float(v[0]), float(v[1])
 
+# %% ../nbs/07_policy.ipynb #d81cc62c
 def policy_step(model,                  # the generator
                 opt,                    # a torch optimizer over (some of) its parameters
                 rollouts:Rollouts,

@@ -124,6 +124,7 @@ def _prefill(model, ids, attn, pos, rows:torch.Tensor, cache_kw:str)->tuple:
     cache.batch_select_indices(rows)
     return out.logits[:, -1][rows], cache
 
+# %% ../nbs/06_rollouts.ipynb #4d7274d6
 @torch.no_grad()
 def sample(model,                    # a Hugging Face causal LM (eager or SDPA attention, any)
            prompt_ids:torch.Tensor,  # [B, P] left-padded prompt tokens
@@ -211,6 +212,7 @@ def _shared_prompt_logits(model, r:Rollouts):
     rest = model(input_ids=r.response_ids[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True, **{kw: cache}).logits
     return torch.cat([head[:, None], rest], 1)
 
+# %% ../nbs/06_rollouts.ipynb #351b8236
 def token_logprobs(model,                # the generator, as sampled from (or after some updates)
                    rollouts:Rollouts,
                    temperature:float=1.0, # the sampling temperature (0: greedy, log-probs at T=1)
@@ -235,7 +237,6 @@ def token_logprobs(model,                # the generator, as sampled from (or af
     m = rollouts.response_mask.to(lp.device)
     if not torch.isfinite(lp[m]).all(): raise ValueError(_NONFINITE)
     return torch.where(m, lp, torch.zeros_like(lp))
-
 
 # %% ../nbs/06_rollouts.ipynb #4244a59e
 def _unpad(r:Rollouts, rows)->Rollouts:
@@ -262,6 +263,7 @@ def _bos(tok)->list:
     ids = tok("a", add_special_tokens=True)["input_ids"]
     return [b] if ids and ids[0] == b and tok("a", add_special_tokens=False)["input_ids"][:1] != [b] else []
 
+# %% ../nbs/06_rollouts.ipynb #4bcd5a2a
 def for_target(rollouts:Rollouts,
                gen_tok=None,        # the generator's tokenizer (None: token ids are the text)
                target_tok=None,     # the target's tokenizer (None, or `gen_tok` itself: the fast path)
@@ -307,6 +309,7 @@ def _settled_ends(tok, ids:list, text:str)->list:
     for g in range(len(k) - 2, -1, -1): k[g] = min(k[g], k[g + 1])
     return k
 
+# %% ../nbs/06_rollouts.ipynb #a39b4c01
 def source_positions(rollouts:Rollouts,
                      input_ids:torch.Tensor, # [N, L] `for_target`'s rows of these rollouts
                      loss_mask:torch.Tensor, # [N, L] their loss mask

@@ -337,6 +337,7 @@ def generator_state(out)->dict:
     from safetensors.torch import load_file
     return {k: v for f in sorted((Path(out) / GENERATOR).glob("*.safetensors")) for k, v in load_file(f).items()}
 
+# %% ../nbs/07a_runfolder.ipynb #8393ab1a
 def read_config(out:str|Path)->dict:
     "The `config` object of `out/config.json`; a missing or damaged file is a `UserError` naming it."
     p = Path(out) / CONFIG

@@ -43,6 +43,7 @@ def build_target(cfg:Config, vocab_size:int, tokenizer=None)->tuple:
     select_trainable(t, cfg.target_train, "target_train")
     return t, tok
 
+# %% ../nbs/07c_step.ipynb #5d1ba2d7
 def build_models(cfg:Config)->tuple:
     "`(generator, gen_tokenizer, target, target_tokenizer)` for `cfg`, placed and typed per role."
     from dpg_nb import models as M
@@ -69,6 +70,7 @@ def _blocks(model)->tuple:
     if hasattr(getattr(model, "transformer", None), "h"): return model.transformer.h, model.transformer.ln_f
     raise UserError(f"cannot find the blocks of a {type(model).__name__} to select trainable ones; use 'all'")
 
+# %% ../nbs/07c_step.ipynb #4fe96c99
 def select_trainable(model, # a causal LM
                      spec:str, # all | last:N
                      key:str="gen_train", # the config key, for messages
@@ -86,7 +88,6 @@ def select_trainable(model, # a causal LM
     if not model.config.tie_word_embeddings:
         for p in model.get_output_embeddings().parameters(): p.requires_grad_(True)
     return model
-
 
 # %% ../nbs/07c_step.ipynb #475e50e0
 def sft(model, input_ids, opt, batch_size, loss_mask=None, loss_scale=None, microbatch_size=None)->dict:
@@ -134,6 +135,7 @@ def _mix(seed:int, tag:int, step:int)->int:
 
 TAG_PROMPTS, TAG_SAMPLE, TAG_VAL, TAG_SHUFFLE = 1, 2, 3, 4
 
+# %% ../nbs/07c_step.ipynb #6d7abfc7
 class Prompts:
     "Train prompts per step and the fixed test prompts, as left-padded `(ids, mask)`."
     def __init__(self, cfg:Config, tok=None):
@@ -202,6 +204,7 @@ def _mean_readable(ds:list)->dict:
         out[k] = float(np.mean(vals)) if isinstance(vals[0], (int, float)) else vals[0]
     return out
 
+# %% ../nbs/07c_step.ipynb #6e20ba60
 def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor, texts:list=None,
                  seed:int=0, # shuffles each inner run's rows when `cfg.shuffle`
                  eos_id:int=None, # the target's EOS id (for `inner_loss=official`)
@@ -247,6 +250,7 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
     return dict(rewards=r, token_rewards=tok, phi=float(np.mean(phis)), readable=_mean_readable(reads), params=last,
                 n_empty=n_empty, n_skipped=int((~got).sum()), n_nonfinite=n_nonfinite, n_runs=len(phis))
 
+# %% ../nbs/07c_step.ipynb #95b9df4e
 def response_rewards_to_go(ro,                  # the step's `Rollouts`
                            x:torch.Tensor,      # [N, L] the target rows made of them (`for_target`)
                            m:torch.Tensor,      # [N, L] their loss mask

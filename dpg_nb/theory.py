@@ -48,6 +48,7 @@ def log_policy(theta:Tensor, # generator logits [V], or [C, V] with prompts
     if x.min() < 0 or x.max() >= th.shape[-1]: raise ValueError(f"tokens must lie in 0..{th.shape[-1]-1}")
     return th.log_softmax(-1)[c.expand_as(x), x]
 
+# %% ../nbs/00_theory.ipynb #c6238c1c
 def scores(theta:Tensor, # generator logits [V] or [C, V]
            x:Tensor,     # LongTensor [..., n]
            prompts:Tensor|None=None, # LongTensor [n]
