@@ -329,8 +329,8 @@ def opt_vjp(opt,               # the optimizer
     return dict(zip(Pl, res[:K])), dict(zip(gl, res[K:2 * K])), dict(zip(Sl, res[2 * K:]))
 
 # %% ../nbs/02_metagrad.ipynb #ea135d2b
-def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None):
-    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are spilled to disk on the way forward."
+def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None, keep_mb=256):
+    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are kept on the way forward, in memory up to `keep_mb` MB, on disk beyond."
     ranks = ranks or _Ranks()
     ones = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device)
     out = torch.zeros(wshape, dtype=tgt.dtype, device=tgt.device)
@@ -339,7 +339,12 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
     f = lambda t: os.path.join(folder, f"step{t:06d}.pt")
     try:
         # forward: plain training, saving (φ_t, S_t) [and g_t] before each step
-        save = lambda t, P, S, g: torch.save({"P": P, "S": S, "g": g if keep_g else None}, f(t))
+        held, room = {}, [keep_mb * 2**20]
+        def save(t, P, S, g):
+            ck = {"P": P, "S": S, "g": g if keep_g else None}
+            size = sum(v.numel() * v.element_size() for _, v in _float_leaves(ck))
+            if size <= room[0]: held[t] = ck; room[0] -= size          # the optimizer is pure: nothing rewrites these tensors
+            else: torch.save(ck, f(t))
         P = _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=save, ranks=ranks)
         _, Pbar = _metric_grad(metric, tgt, P)
         del P
@@ -350,8 +355,8 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
             order = tqdm(order, desc="metagradient", total=len(steps))
         # backward: t = T-1 .. 0
         for t in order:
-            ck = torch.load(f(t), map_location=tgt.device, weights_only=True)
-            os.remove(f(t))
+            if t in held: ck = held.pop(t)
+            else: ck = torch.load(f(t), map_location=tgt.device, weights_only=True); os.remove(f(t))
             (s, e), (a, c) = steps[t], ranks.share(*steps[t])     # the step's rows; this rank's share
             P = {k: v.requires_grad_() for k, v in ck["P"].items()}
             w = ones[a:c].clone().requires_grad_()
@@ -392,6 +397,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
             *, microbatch_size:int=None, # rows per forward pass inside a step (memory only, same numbers)
             device=None,            # where to compute (default: the model's device)
             ckpt_dir:str=None,      # where replay spills the states φ_t (default: a temporary folder)
+            keep_mb:float=256,      # replay: the states of the first steps stay in memory up to this many MB, the rest go to disk
             progress:bool=False,    # show a progress bar over the backward steps
             per_token:bool=False,   # also split each reward over the row's loss terms: [n, L], $r_{i,t}$, summing to $r_i$
             loss_scale:float=None,  # None: $\ell_i$ the mean over counted positions; c: c times their sum
@@ -400,6 +406,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
            )->Tensor:               # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$ (or [n, L]), in the model's dtype, on every rank
     "Per-example DPG rewards: exact metagradients of the metric after SFT on `input_ids`, w.r.t. the example weights."
     if engine not in ("replay", "unroll"): raise ValueError(f"engine must be 'replay' or 'unroll', got {engine!r}")
+    if not keep_mb >= 0: raise ValueError(f"keep_mb must be >= 0, got {keep_mb!r}")
     if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
     _check_opt(opt)
     tgt = _Target(model, device, loss_scale)
@@ -412,7 +419,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
         try:
             wshape = ids.shape if per_token else ids.shape[:1]
             if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape)
-            else: r = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks)
+            else: r = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks, keep_mb)
         except RuntimeError as e:
             err = _double_backward_error(e)
             if err is None: raise
