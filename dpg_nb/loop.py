@@ -16,7 +16,7 @@ from .runfolder import UserError, Diverged
 from .config import *
 from .config import _parse_value, _field_types
 from .step import *
-from .step import _mix, _inner_opt, _usable, _readable, _readable_texts
+from .step import _mix, _usable, _readable, _readable_texts
 
 # %% auto #0
 __all__ = ['READABLE', 'FolderIO', 'Run', 'run', 'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'UserError', 'Diverged',
@@ -225,7 +225,7 @@ class Run:
             bb = (c.val_inner_batch or c.inner_batch) * k
         if len(use) == 0: raise UserError("empty generations: no validation rollout has a token the target can be trained on")
         X, M, scale = inner_rows(c, x[use.to(dev)], m[use.to(dev)], self.teos)
-        return ids, mask, sft(self.target, X, _inner_opt(c), bb, M, scale, c.inner_microbatch or None), len(x) - len(use)
+        return ids, mask, sft(self.target, X, inner_optimizer(c), bb, M, scale, c.inner_microbatch or None), len(x) - len(use)
 
     def val_phis(self, draws:list)->list:
         "Φ of the evaluation protocol for the current generator, once per draw of the val rollouts (`draws`: steps whose sampling seeds to use)."

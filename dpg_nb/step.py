@@ -172,8 +172,6 @@ class Prompts:
         return self._encode([self.test_p[i % len(self.test_p)] for i in range(n)])
 
 # %% ../nbs/07c_step.ipynb #60276f2e
-_inner_opt = inner_optimizer   # the registry's (config page)
-
 def gen_lr_at(cfg:Config, step:int)->float:
     "The generator's learning rate at step `step` (1 to `cfg.steps`): a pure function of the step, so a resumed run repeats it."
     if cfg.gen_lr_schedule == "constant": return cfg.gen_lr
@@ -229,7 +227,7 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
         if cfg.shuffle: use = use[torch.randperm(len(use), generator=torch.Generator().manual_seed(_mix(seed, TAG_SHUFFLE, j)))]
         got[use] = True
         x, m, scale = inner_rows(cfg, ids[use.to(dev)], mask[use.to(dev)], eos_id)
-        params = sft(target, x, _inner_opt(cfg), bb, m, scale, mb)
+        params = sft(target, x, inner_optimizer(cfg), bb, m, scale, mb)
         with torch.no_grad(): phi = float(metric(params))
         phis.append(phi); reads.append(_readable(metric, params)); last = params
         run = SimpleNamespace(cfg=cfg, target=target, metric=metric, x=x, m=m, scale=scale, bb=bb, mb=mb, phi=phi, params=params,
