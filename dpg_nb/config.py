@@ -16,10 +16,10 @@ from .policy import ADVANTAGES
 from .language import TEXT_REWARDS
 
 # %% auto #0
-__all__ = ['SCALES', 'CHOICES', 'POSITIVE', 'INNER_OPTS', 'REWARDS', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER',
-           'PATTERN_CPU', 'QR_CPU', 'Config', 'key_help', 'InnerOpt', 'Reward', 'register_inner_opt', 'register_reward',
-           'inner_optimizer', 'Experiment', 'register_experiment', 'patch_col0', 'resolve', 'validate', 'load_metric',
-           'make_metric']
+__all__ = ['SCALES', 'CHOICES', 'POSITIVE', 'INNER_OPTS', 'REWARDS', 'EXPERIMENTS', 'SCALE_DEFAULTS', 'LLAMA_PAPER', 'RECIPE_CPU',
+           'PATTERN_CPU', 'QR_CPU', 'TEXT_CPU', 'LANGUAGE_CPU', 'UUID_CPU', 'Config', 'key_help', 'InnerOpt', 'Reward',
+           'register_inner_opt', 'register_reward', 'inner_optimizer', 'Experiment', 'register_experiment',
+           'patch_col0', 'resolve', 'validate', 'load_metric', 'make_metric']
 
 # %% ../nbs/07b_config.ipynb #373dacc3
 SCALES = ("cpu", "smol", "paper")
@@ -142,6 +142,7 @@ class Reward:
     one_run: Callable           # cfg -> True: one inner run over all B*G rollouts; False: G runs of one rollout per prompt
     check: Callable = None      # cfg -> None, or raises UserError
     grouped: bool = True        # advantages within a prompt's group (False: across the whole batch)
+    keys: tuple = ()            # config keys only this reward reads (under another reward, a scale's value gives way to the default)
 
 INNER_OPTS: dict = {}
 REWARDS: dict = {}
@@ -155,9 +156,9 @@ def register_inner_opt(name:str, make:Callable, keys:tuple=())->InnerOpt:
     INNER_OPTS[_identifier("inner_opt", name)] = o = InnerOpt(make, tuple(keys))
     return o
 
-def register_reward(name:str, score:Callable, one_run:Callable, check:Callable=None, grouped:bool=True)->Reward:
+def register_reward(name:str, score:Callable, one_run:Callable, check:Callable=None, grouped:bool=True, keys:tuple=())->Reward:
     "Add (or replace) a reward, `reward=NAME`."
-    REWARDS[_identifier("reward", name)] = r = Reward(score, one_run, check, grouped)
+    REWARDS[_identifier("reward", name)] = r = Reward(score, one_run, check, grouped, tuple(keys))
     return r
 
 def inner_optimizer(cfg, rewards:bool=False):
@@ -201,9 +202,10 @@ def _naive_check(cfg):
 
 def _text_check(cfg):
     if cfg.experiment != "language": raise UserError(f"reward={cfg.reward} is a baseline of the language experiment; {cfg.experiment!r} takes dpg or naive")
+    if cfg.reward == "embedding" and cfg.generator == "tiny": raise UserError("reward=embedding needs text; the cpu miniature (generator=tiny) writes token ids: use langid or levenshtein")
     _not_dpg(cfg)
 
-register_reward("dpg", _dpg_score, one_run=lambda cfg: cfg.grouping == "cross")
+register_reward("dpg", _dpg_score, one_run=lambda cfg: cfg.grouping == "cross", keys=("grouping", "reward_eps_root", "credit"))
 register_reward("naive", _naive_score, one_run=lambda cfg: False, check=_naive_check, grouped=False)
 for _k in TEXT_REWARDS: register_reward(_k, _text_score, one_run=lambda cfg: True, check=_text_check)   # the language page's baselines
 
@@ -216,6 +218,7 @@ class Experiment:
     scales: dict = field(default_factory=dict)   # scale -> {key: default}
     keys: tuple = ()            # override keys only this experiment accepts (e.g. "text")
     ready: bool = True          # False: registered, but `run` says "not implemented yet"
+    prepare: Callable = None    # (cfg, generator) -> None: readies the tiny generator in place (e.g. pre-trains it)
 
 EXPERIMENTS: dict = {}
 
@@ -225,6 +228,7 @@ def register_experiment(name:str, # the name `dpg run NAME` and `Config(experime
                         scales:dict=None, # per-scale config defaults, e.g. {"cpu": {"steps": 30}}
                         keys:tuple=(), # experiment-only override keys
                         ready:bool=True, # False registers a placeholder that refuses to run
+                        prepare:Callable=None, # `(cfg, generator) -> None`, run on a tiny generator before training
                        )->Experiment:
     "Add (or replace) an experiment in the registry."
     _identifier("experiment", name)
@@ -234,7 +238,8 @@ def register_experiment(name:str, # the name `dpg run NAME` and `Config(experime
         if sc not in SCALES: raise ValueError(f"unknown scale {sc!r} in experiment {name!r}")
         bad = set(d) - known
         if bad: raise ValueError(f"unknown config keys {sorted(bad)} in experiment {name!r}")
-    EXPERIMENTS[name] = e = Experiment(name, metric, doc, dict(scales or {}), tuple(keys), ready)
+    if prepare is not None and not callable(prepare): raise TypeError("prepare must be callable: (cfg, generator) -> None")
+    EXPERIMENTS[name] = e = Experiment(name, metric, doc, dict(scales or {}), tuple(keys), ready, prepare)
     return e
 
 # %% ../nbs/07b_config.ipynb #0645d033
@@ -267,17 +272,24 @@ def _qr_metric(cfg, target, tokenizer=None):
 def _sixseven_metric(cfg, target, tokenizer=None): return T.PatternMetric(T.SIXSEVEN, _head(target), s=cfg.strength, col0=patch_col0(cfg, tokenizer))
 def _l2_metric(cfg, target): return T.L2Metric()
 def _language_metric(cfg, target, tokenizer=None):
-    from dpg_nb.language import language_metric
-    return language_metric(cfg, target, tokenizer)
+    from dpg_nb import language, miniature
+    return (language if tokenizer is not None else miniature).language_metric(cfg, target, tokenizer)
 def _uuid_metric(cfg, target, tokenizer=None):
-    from dpg_nb.language import uuid_metric
-    return uuid_metric(cfg, target, tokenizer)
+    from dpg_nb import language, miniature
+    return (language if tokenizer is not None else miniature).uuid_metric(cfg, target, tokenizer)
+def _pretrain_language(cfg, gen):
+    from dpg_nb.miniature import prepare_language
+    prepare_language(cfg, gen)
 
 LLAMA_PAPER = dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-llama/Llama-3.2-1B-Instruct", gen_lr=1e-6,
                    inner_lr=1e-6, prompts_per_step=256, inner_batch=1024, inner_microbatch=8, val_prompts=1024)
-PATTERN_CPU = dict(prompts_per_step=64, grouping="inverse", strength=500.0, gen_lr_schedule="cosine", reward_eps_root=1e-3,
-                   kl_coef=0.04, credit="token")       # the best measured recipe for a pattern in the head (see the QR and "67" pages)
-QR_CPU = dict(PATTERN_CPU, max_new_tokens=32, steps=3000, val_every=100, ckpt_every=100)
+RECIPE_CPU = dict(prompts_per_step=64, grouping="inverse", gen_lr_schedule="cosine", reward_eps_root=1e-3, kl_coef=0.04,
+                  credit="token")                     # the best measured DPG recipe at cpu scale (the QR, "67" and miniature pages)
+PATTERN_CPU = dict(RECIPE_CPU, strength=500.0)        # a pattern in the head: wrong pixels pull harder
+QR_CPU = dict(PATTERN_CPU, prompts_per_step=128, inner_batch=32, max_new_tokens=32, steps=1500, val_every=100, ckpt_every=100)
+TEXT_CPU = dict(RECIPE_CPU, val_prompts=1024, val_inner_batch=256, val_every=10)   # the miniatures: 4 val inner steps, as in training
+LANGUAGE_CPU = dict(TEXT_CPU, steps=60)
+UUID_CPU = dict(TEXT_CPU, steps=200, max_new_tokens=8)  # rollouts as long as the UUID: the string itself is then the data Φ wants
 
 # %% ../nbs/07b_config.ipynb #ed0848fc
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
@@ -288,10 +300,10 @@ register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's
                     scales={"cpu": dict(steps=100, val_every=20, inner_opt="sgd", inner_lr=0.1, gen_lr=1e-2),
                             "paper": dict(steps=960)})
 register_experiment("language", _language_metric, "rephrase into a new language (Φ: -CE of `lang` passages: their last words, or every token with lang_form=whole)",
-                    scales={"paper": dict(LLAMA_PAPER, steps=120)},
-                    keys=("lang", "lang_form", "embedder", "langid_model"))
+                    scales={"cpu": LANGUAGE_CPU, "paper": dict(LLAMA_PAPER, steps=120)},
+                    keys=("lang", "lang_form", "embedder", "langid_model"), prepare=_pretrain_language)
 register_experiment("uuid", _uuid_metric, "make the generator produce a fixed UUID (Φ: -CE of the UUID string)",
-                    scales={"paper": dict(LLAMA_PAPER, steps=360)})
+                    scales={"cpu": UUID_CPU, "paper": dict(LLAMA_PAPER, steps=360)})
 
 # %% ../nbs/07b_config.ipynb #f98ead19
 _EXP_KEYS = ("text", "error_correction", "lang", "lang_form", "embedder", "langid_model", "patch_col0", "strength", "fixed_weight")
@@ -314,6 +326,9 @@ def resolve(experiment:str="qr", # a registered experiment
         if k in _EXP_KEYS and k not in exp.keys:
             raise UserError(f"key {k!r} does not apply to experiment {experiment!r}")
         vals[k] = _parse_value(k, v, types[k]) if isinstance(v, str) else v
+    rw = REWARDS.get(vals.get("reward", Config.reward))
+    for k in {k for r in REWARDS.values() for k in r.keys} - set(rw.keys if rw else ()) - set(overrides or {}):
+        vals.pop(k, None)                              # `reward=naive` on a DPG recipe: the recipe's DPG-only keys take their defaults
     if not isinstance(seed, int) or isinstance(seed, bool): raise UserError(f"seed must be an integer, got {seed!r}")
     cfg = Config(experiment=experiment, scale=scale, seed=seed, **vals)
     validate(cfg)

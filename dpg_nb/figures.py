@@ -102,8 +102,9 @@ def keep_run(out:str|Path, # a finished run's folder
     return dest
 
 # %% ../nbs/13_figures.ipynb #a518e647
-def _goal(cfg:dict, row:dict)->bool:
-    "A row at the experiment's goal: a QR code that decodes to its text, else a pattern with every pixel right."
+def _goal(cfg:dict, row:dict, key:str="pixel_accuracy", goal:float=None)->bool:
+    "A row at the goal: `row[key] >= goal` when a goal is given; else a QR code that decodes to its text, or a pattern with every pixel right."
+    if goal is not None: return row.get(key) is not None and row[key] >= goal
     if "decoded_text" in row: return row["decoded_text"] == cfg["text"]
     return row.get("pixel_accuracy") == 1.0
 
@@ -111,6 +112,7 @@ def seed_summary(out:str|Path, # a run folder or a kept one (`keep_run`)
                  experiment:str, # the experiment the command ran
                  overrides:dict=None, # the command's `key=value`s; the folder's config must be what they resolve to
                  key:str="pixel_accuracy", # the readable field the table reports
+                 goal:float=None, # a val row is at the goal when `key` reaches it (None: a QR code decodes, a pattern is whole)
                 )->dict:
     "One seed's row of a results table: `seed`, `steps`, `minutes`, `first` goal `(step, minutes)` or None, `last`, `best`, the share of val rows at the goal, and the `val_small` rows' last and best."
     cfg = {**asdict(C.Config()), **run_config(out)}                     # keys added after the run: their defaults
@@ -121,12 +123,12 @@ def seed_summary(out:str|Path, # a run folder or a kept one (`keep_run`)
     for r in L.read_metrics(out):
         t += r["wall_s"]
         if r["split"] == "val": val.append((r, t / 60))
-        if r["split"] == "val_small": small.append(r[key])
+        if r["split"] == "val_small" and r.get(key) is not None: small.append(r[key])   # (text metrics: val rows only)
     if not val: raise ValueError(f"{out} has no val rows")
-    hits = [(r["step"], m) for r, m in val if _goal(cfg, r)]
+    hits = [(r["step"], m) for r, m in val if _goal(cfg, r, key, goal)]
     return dict(seed=cfg["seed"], steps=val[-1][0]["step"], minutes=t / 60, first=hits[0] if hits else None,
                 last=val[-1][0][key], best=max(r[key] for r, _ in val), at_goal=len(hits) / len(val),
-                last_at_goal=_goal(cfg, val[-1][0]), small_last=small[-1] if small else None, small_best=max(small) if small else None)
+                last_at_goal=_goal(cfg, val[-1][0], key, goal), small_last=small[-1] if small else None, small_best=max(small) if small else None)
 
 # %% ../nbs/13_figures.ipynb #c2d3e4f5
 def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`
@@ -162,7 +164,7 @@ def timed_runs(experiment:str, # the experiment the runs ran, e.g. `sixseven`
 def val_target(out:str|Path)->dict:
     "The evaluation target of the generator in `out/checkpoint.pt`: `params`, `metric`, `phi`, `step`, the stored `row`."
     R, step = L.Run.open(out)
-    _, _, params, _ = R.eval_params(step)
+    params = R.eval_params(step).params
     with torch.no_grad(): phi = float(R.metric(params))
     row = next((r for r in L.read_metrics(out, "val") if r["step"] == step), None)
     return dict(params=params, metric=R.metric, phi=phi, step=step, row=row, config=R.cfg)

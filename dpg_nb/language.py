@@ -250,8 +250,8 @@ class UUIDMetric(CEMetric):
 def _need_tok(cfg, tokenizer):
     if tokenizer is None:
         from dpg_nb.runfolder import UserError
-        raise UserError(f"experiment {cfg.experiment!r} is not implemented yet at scale {cfg.scale!r}: it needs text "
-                        "(a target tokenizer); use --scale smol or --scale paper")
+        raise UserError(f"this metric of {cfg.experiment!r} needs text (a target tokenizer); without one, "
+                        "at cpu scale, the experiment is the miniature of dpg_nb.miniature")
 
 def language_metric(cfg, # the run's config (`lang`, `seed`)
                     target, # the target at its initial weights

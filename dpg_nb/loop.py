@@ -5,6 +5,7 @@
 # %% ../nbs/08_loop.ipynb #5e1b3676
 from __future__ import annotations
 import json, math, random, sys, time, platform, subprocess, warnings
+from collections import namedtuple
 from dataclasses import fields, asdict, replace
 from pathlib import Path
 import numpy as np
@@ -16,12 +17,12 @@ from .runfolder import UserError, Diverged
 from .config import *
 from .config import _parse_value, _field_types
 from .step import *
-from .step import _mix, _usable, _readable, _readable_texts
+from .step import _mix, _usable, _readable, _readable_texts, _texts
 
 # %% auto #0
-__all__ = ['READABLE', 'FolderIO', 'Run', 'run', 'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'UserError', 'Diverged',
-           'read_metrics', 'strip_timing', 'generator_state', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint',
-           'save_generator', 'TIMING']
+__all__ = ['Draw', 'READABLE', 'FolderIO', 'Run', 'run', 'resume_config', 'plot_runs', 'plot_run', 'sample_run', 'UserError',
+           'Diverged', 'read_metrics', 'strip_timing', 'generator_state', 'save_checkpoint', 'load_checkpoint',
+           'read_checkpoint', 'save_generator', 'TIMING']
 
 # %% ../nbs/08_loop.ipynb #f07b1d09
 from .runfolder import (
@@ -95,11 +96,6 @@ def _save_image(out:Path, cfg:Config, metric, params, step:int):
     fig.suptitle(f"{cfg.experiment}: {cap}", fontsize=10)
     _atomic_write(out / "image.png", lambda t: fig.savefig(t, dpi=100, format="png"))
 
-def _texts(ro)->list:
-    "A rollout's texts, or at cpu scale (no tokenizer) its token ids joined by spaces."
-    if ro.texts is not None: return list(ro.texts)
-    return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
-
 # %% ../nbs/08_loop.ipynb #fa2baaed
 class FolderIO:
     "Every read and write of the run folder the loop makes (a distributed run's other ranks make none: `dpg_nb.distributed`)."
@@ -115,6 +111,8 @@ class FolderIO:
         return read_metrics(self.out)
 
 # %% ../nbs/08_loop.ipynb #63c163da
+Draw = namedtuple("Draw", "ids mask params n_skipped rollouts")
+
 class Run:
     "The state of one run: models, optimizers, prompts, files."
     def __init__(self, cfg:Config, out:Path, resume:bool):
@@ -182,7 +180,8 @@ class Run:
         ids, mask = self.prompts.train(step)
         ro, x, m = self.rollouts(ids, mask, c.samples_per_prompt, _mix(c.seed, TAG_SAMPLE, step))
         t1 = time.perf_counter()
-        res = step_rewards(c, self.target, self.metric, x, m, texts=ro.texts, seed=_mix(c.seed, TAG_SHUFFLE, step), eos_id=self.teos)
+        texts = _texts(ro)
+        res = step_rewards(c, self.target, self.metric, x, m, texts=texts, seed=_mix(c.seed, TAG_SHUFFLE, step), eos_id=self.teos)
         r = res["rewards"]
         if c.credit == "token": A = step_advantages(c, response_rewards_to_go(ro, x, m, res["token_rewards"], self.gtok, self.ttok), ro.group.cpu())
         else: A = step_advantages(c, r, ro.group.cpu())
@@ -200,7 +199,7 @@ class Run:
         if not self.wrote_val_image and hasattr(self.metric, "image"):      # a picture before the first val row
             self.io.save_image(c, self.metric, res["params"], step); self.wrote_val_image = True   # once, not every step
         row = dict(split="train", step=step, examples_seen=examples_seen, phi=res["phi"], **res["readable"],
-                   **_readable_texts(self.metric, ro.texts),
+                   **_readable_texts(self.metric, texts),
                    **_stats("reward", r), **_stats("adv", A), gen_loss=st.get("loss"), kl=st.get("kl"),
                    clip_frac=st.get("clip_frac"), grad_norm=st.get("grad_norm"), n_empty=res["n_empty"],
                    n_skipped=res["n_skipped"], n_nonfinite=res["n_nonfinite"],
@@ -210,7 +209,7 @@ class Run:
     def eval_params(self, step:int, k:int=1, small:bool=False)->tuple:
         """The evaluation protocol: a fresh target trained on one rollout (`k`) per prompt of the test set, the rows shuffled,
         in steps of `val_inner_batch` (times `k`), the last partial batch kept. `small`: the harsher protocol of `val_small`
-        prompts, in order, in steps of `inner_batch`. `(ids, mask, params, n_skipped)`."""
+        prompts, in order, in steps of `inner_batch`. A `Draw`: `(ids, mask, params, n_skipped, rollouts)`."""
         c = self.cfg
         if not (isinstance(k, int) and k >= 1): raise ValueError(f"k (rollouts per test prompt) must be an int >= 1, got {k!r}")
         if small and not c.val_small: raise UserError("val_small=0: this run has no small validation")
@@ -225,7 +224,7 @@ class Run:
             bb = (c.val_inner_batch or c.inner_batch) * k
         if len(use) == 0: raise UserError("empty generations: no validation rollout has a token the target can be trained on")
         X, M, scale = inner_rows(c, x[use.to(dev)], m[use.to(dev)], self.teos)
-        return ids, mask, sft(self.target, X, inner_optimizer(c), bb, M, scale, c.inner_microbatch or None), len(x) - len(use)
+        return Draw(ids, mask, sft(self.target, X, inner_optimizer(c), bb, M, scale, c.inner_microbatch or None), len(x) - len(use), ro)
 
     def val_phis(self, draws:list)->list:
         "Φ of the evaluation protocol for the current generator, once per draw of the val rollouts (`draws`: steps whose sampling seeds to use)."
@@ -242,7 +241,7 @@ class Run:
     def val_step(self, step:int, examples_seen:int, small:bool=False)->dict:
         "Φ of a fresh target trained on one rollout per test prompt from the current generator (`small`: the `val_small` protocol)."
         c, t0 = self.cfg, time.perf_counter()
-        ids, mask, params, n_skipped = self.eval_params(step, small=small)
+        ids, mask, params, n_skipped, ro = self.eval_params(step, small=small)
         with torch.no_grad(): phi = float(self.metric(params))
         if small:
             row = dict(split="val_small", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params),
@@ -250,15 +249,16 @@ class Run:
             return {k: _clean(v) for k, v in row.items()}
         if hasattr(self.metric, "image"):
             self.io.save_image(c, self.metric, params, step); self.wrote_val_image = True
-        greedy = {}
-        if hasattr(self.metric, "readable_texts"):    # generation-level readable metrics: greedy, on the test prompts
-            from dpg_nb.rollouts import sample
-            with torch.no_grad():
-                g = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), 1, c.max_new_tokens, temperature=0.0,
-                           eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok,
-                           generator=torch.Generator(device=self.gdev).manual_seed(0))
-            greedy = _readable_texts(self.metric, g.texts)
-        row = dict(split="val", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params), **greedy,
+        gens = {}
+        if hasattr(self.metric, "readable_texts"):    # the generations' own readable metrics: greedy on the test prompts, or the val rollouts
+            if getattr(self.metric, "greedy", True):
+                from dpg_nb.rollouts import sample
+                with torch.no_grad():
+                    ro = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), 1, c.max_new_tokens, temperature=0.0,
+                                eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok,
+                                generator=torch.Generator(device=self.gdev).manual_seed(0))
+            gens = _readable_texts(self.metric, _texts(ro))
+        row = dict(split="val", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params), **gens,
                    n_skipped=n_skipped, wall_s=time.perf_counter() - t0)
         return {k: _clean(v) for k, v in row.items()}
 

@@ -11,7 +11,7 @@ import torch
 
 from .models import tiny_lm, require_eager
 from .runfolder import UserError
-from .config import Config, REWARDS, inner_optimizer
+from .config import Config, REWARDS, EXPERIMENTS, inner_optimizer
 
 # %% auto #0
 __all__ = ['TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'build_target', 'build_models', 'select_trainable', 'sft',
@@ -61,6 +61,12 @@ def build_models(cfg:Config)->tuple:
                         f"{gen.config.vocab_size} != {target.config.vocab_size}")
     require_eager(target)
     gen.to(gd).eval(); target.to(td).eval()
+    prep = EXPERIMENTS[cfg.experiment].prepare
+    if prep is not None and cfg.generator == "tiny":
+        try: prep(cfg, gen)
+        except ValueError as e:                    # a size the experiment cannot use
+            if isinstance(e, UserError): raise
+            raise UserError(f"experiment {cfg.experiment!r}: {e}") from None
     select_trainable(gen, cfg.gen_train, "gen_train")
     return gen, gtok, target, ttok
 
@@ -188,6 +194,11 @@ def _usable(rows:torch.Tensor, mask:torch.Tensor, b:int)->tuple:
 def _readable(metric, params)->dict:
     if not hasattr(metric, "readable"): return {}
     with torch.no_grad(): return metric.readable(params)
+
+def _texts(ro)->list:
+    "A rollout's texts, or at cpu scale (no tokenizer) its token ids joined by spaces."
+    if ro.texts is not None: return list(ro.texts)
+    return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
 
 def _readable_texts(metric, texts)->dict:
     "Readable metrics of the generations themselves (`language`, `uuid`); none at cpu scale (no text)."

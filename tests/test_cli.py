@@ -40,7 +40,7 @@ BAD = [
     (["run", "l2", "--seed", "x"], "--seed must be an integer"),
     (["run", "l2", "reward=magic"], "reward must be one of"),
     (["run", "qr", "text=" + "x" * 40, *TINY], "does not fit"),
-    (["run", "language"], "not implemented yet"),
+    (["run", "language", "reward=embedding"], "needs text"),
     (["run", "l2", "metric=nomodule_xyz:f"], "cannot import metric"),
     (["frobnicate"], "invalid choice"),
     (["plot", "/nonexistent/run"], "holds no run"),

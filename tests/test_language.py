@@ -54,7 +54,7 @@ def test_langid_baseline_is_the_langid_probability(tok):
     assert r[:4].min() > r[4:].max()
 
 @pytest.mark.parametrize("args,msg", [
-    (["run", "language"], "not implemented yet at scale 'cpu'"),
+    (["run", "language", "reward=embedding"], "reward=embedding needs text"),
     (["run", "language", "--scale", "smol", "lang=xx"], "lang must be one of"),
     (["run", "uuid", "--scale", "smol", "reward=langid"], "baseline of the language experiment"),
     (["run", "uuid", "--scale", "smol", "lang=es"], "does not apply"),
