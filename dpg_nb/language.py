@@ -145,12 +145,16 @@ def lang_share(texts:list, lang:str)->float:
     if not texts: raise ValueError("lang_share needs at least one text")
     return sum(detect_lang(t) == lang for t in texts) / len(texts)
 
-def uuid_prefix_len(text:str, uuid:str=UUID)->int:
-    "Length, in characters, of the longest prefix of `uuid` found anywhere in `text`."
+def uuid_prefix_len(text, # a string, or a list of token ids
+                    uuid=UUID, # the same kind: a string, or a sequence of ids
+                   )->int:
+    "Length of the longest prefix of `uuid` found anywhere in `text`: in characters, or in token ids (never across ids)."
+    if isinstance(text, str): found = lambda p: p in text
+    else: text, uuid = list(text), list(uuid); found = lambda p: any(text[i:i + len(p)] == p for i in range(len(text) - len(p) + 1))
     lo, hi = 0, len(uuid)
     while lo < hi:                                  # a prefix found implies all shorter ones are found
         mid = (lo + hi + 1) // 2
-        if uuid[:mid] in text: lo = mid
+        if found(uuid[:mid]): lo = mid
         else: hi = mid - 1
     return lo
 

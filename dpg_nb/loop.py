@@ -180,7 +180,7 @@ class Run:
         ids, mask = self.prompts.train(step)
         ro, x, m = self.rollouts(ids, mask, c.samples_per_prompt, _mix(c.seed, TAG_SAMPLE, step))
         t1 = time.perf_counter()
-        texts = _texts(ro)
+        texts = _texts(ro) if hasattr(self.metric, "readable_texts") else ro.texts   # ids as text only for a metric that reads them
         res = step_rewards(c, self.target, self.metric, x, m, texts=texts, seed=_mix(c.seed, TAG_SHUFFLE, step), eos_id=self.teos)
         r = res["rewards"]
         if c.credit == "token": A = step_advantages(c, response_rewards_to_go(ro, x, m, res["token_rewards"], self.gtok, self.ttok), ro.group.cpu())

@@ -8,7 +8,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .language import CEMetric, UUID, levenshtein_matrix
+from .language import CEMetric, UUID, levenshtein_matrix, uuid_prefix_len
 
 # %% auto #0
 __all__ = ['UUID_IDS', 'Bigrams', 'bigrams', 'pretrain', 'prepare_language', 'token_rows', 'BigramLanguageMetric',
@@ -127,15 +127,6 @@ class BigramLanguageMetric(CEMetric):
 # %% ../nbs/14a_miniature.ipynb #bf1ee766
 UUID_IDS = tuple(int(c, 16) for c in UUID[:8])      # the UUID's first 8 hex digits as token ids
 
-def _prefix_found(row:list, s:tuple)->int:
-    "Length of the longest prefix of `s` that occurs in `row`."
-    best = 0
-    for i in range(len(row)):
-        n = 0
-        while n < len(s) and i + n < len(row) and row[i + n] == s[n]: n += 1
-        best = max(best, n)
-    return best
-
 class TokenUUIDMetric(CEMetric):
     "Φ = −CE of the target on one fixed token string; readable: the share of greedy val rollouts holding it whole, and the longest prefix."
     greedy = True                         # the authors validate the UUID greedily
@@ -147,7 +138,7 @@ class TokenUUIDMetric(CEMetric):
     def readable_texts(self, texts:list)->dict:
         rows = token_rows(texts)
         if not rows: raise ValueError("readable_texts needs at least one rollout")
-        found = [_prefix_found(r, self.uuid) for r in rows]
+        found = [uuid_prefix_len(r, self.uuid) for r in rows]
         return dict(uuid_hit_rate=sum(f == len(self.uuid) for f in found) / len(found), uuid_prefix_len=max(found))
 
 # %% ../nbs/14a_miniature.ipynb #55be4115

@@ -201,7 +201,7 @@ def _texts(ro)->list:
     return [" ".join(map(str, r[m.bool()].tolist())) for r, m in zip(ro.response_ids, ro.response_mask)]
 
 def _readable_texts(metric, texts)->dict:
-    "Readable metrics of the generations themselves (`language`, `uuid`); none at cpu scale (no text)."
+    "Readable metrics of the generations themselves (`language`, `uuid`; at cpu scale their texts are token ids joined by spaces)."
     if texts is None or not hasattr(metric, "readable_texts"): return {}
     return metric.readable_texts(list(texts))
 
