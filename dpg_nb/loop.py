@@ -152,14 +152,17 @@ class Run:
             for k, v in ck["gen"].items(): gen[k].copy_(v)
         return ck["step"]
 
+    def greedy_rollouts(self, ids, mask, max_new_tokens:int):
+        "The generator's greedy `Rollouts` for prompts `ids`, `mask` (one each)."
+        from dpg_nb.rollouts import sample
+        with torch.no_grad():
+            return sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), 1, max_new_tokens, temperature=0.0, eos_id=self.eos,
+                          pad_id=self.pad, tokenizer=self.gtok, generator=torch.Generator(device=self.gdev).manual_seed(0))
+
     def greedy(self, n:int=3, max_new_tokens:int=48)->list:
         "Greedy generations for the first `n` test prompts: texts, or token ids joined by spaces without a tokenizer."
-        from dpg_nb.rollouts import sample
         ids, mask = self.prompts.val()
-        with torch.no_grad():
-            ro = sample(self.gen, ids[:n].to(self.gdev), mask[:n].to(self.gdev), 1, max_new_tokens, temperature=0.0,
-                        eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok, generator=torch.Generator(device=self.gdev).manual_seed(0))
-        return _texts(ro)
+        return _texts(self.greedy_rollouts(ids[:n], mask[:n], max_new_tokens))
 
     def rollouts(self, ids, mask, G, seed, temperature=None):
         from dpg_nb.rollouts import for_target
@@ -251,12 +254,7 @@ class Run:
             self.io.save_image(c, self.metric, params, step); self.wrote_val_image = True
         gens = {}
         if hasattr(self.metric, "readable_texts"):    # the generations' own readable metrics: greedy on the test prompts, or the val rollouts
-            if getattr(self.metric, "greedy", True):
-                from dpg_nb.rollouts import sample
-                with torch.no_grad():
-                    ro = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), 1, c.max_new_tokens, temperature=0.0,
-                                eos_id=self.eos, pad_id=self.pad, tokenizer=self.gtok,
-                                generator=torch.Generator(device=self.gdev).manual_seed(0))
+            if getattr(self.metric, "greedy", True): ro = self.greedy_rollouts(ids, mask, c.max_new_tokens)
             gens = _readable_texts(self.metric, _texts(ro))
         row = dict(split="val", step=step, examples_seen=examples_seen, phi=phi, **_readable(self.metric, params), **gens,
                    n_skipped=n_skipped, wall_s=time.perf_counter() - t0)
