@@ -207,17 +207,36 @@ def _check_opt(opt):
         raise TypeError(f"opt must have init(params) and step(params, grads, state), like dpg_nb.optim.SGD/AdamW; got {type(opt).__name__}")
 
 # %% ../nbs/02_metagrad.ipynb #0200a6aa
-def _sft(tgt, ids, mask, w, opt, steps, mb, before_step=None, ranks=None):
-    "`opt` from φ_0 over `steps` of weighted rows, each gradient summed over `ranks`; `before_step(t, φ_t, S_t, g_t)` sees each state before its update. Returns φ_T."
+class _saved_bytes:
+    "Counts the bytes of the distinct storages autograd saves inside the block: the size of the graph built there."
+    def __enter__(self):
+        self.n, seen = 0, set()
+        def pack(x):
+            try: s = x.untyped_storage(); key, size = s.data_ptr(), s.nbytes()
+            except Exception: key, size = id(x), x.numel() * x.element_size()
+            if key not in seen: seen.add(key); self.n += size
+            return x
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x)
+        self.hooks.__enter__()
+        return self
+    def __exit__(self, *a): self.hooks.__exit__(*a)
+
+def _sft(tgt, ids, mask, w, opt, steps, mb, before_step=None, ranks=None, graph=None):
+    "`opt` from φ_0 over `steps` of weighted rows, each gradient summed over `ranks`; `before_step(t, φ_t, S_t, g_t, kept)` sees each state before its update. Where `graph(t)` is true, step t's gradient is built with its graph, and `kept` = (φ_t, w_t, g_t, bytes) holds it, the leaves it hangs on and its size (else None). Returns φ_T."
     ranks = ranks or _Ranks()
     P = {k: v.clone() for k, v in tgt.phi0.items()}
     S = opt.init(P)
     for t, (s, e) in enumerate(steps):
         a, c = ranks.share(s, e)
-        Q = {k: v.requires_grad_() for k, v in P.items()}
-        g = ranks.sum(tgt.grad(Q, ids[a:c], mask[a:c], w[a:c], e - s, mb))
+        Q, kept = {k: v.requires_grad_() for k, v in P.items()}, None
+        if graph is not None and graph(t):
+            wt = w[a:c].clone().requires_grad_()
+            with _saved_bytes() as size: g = tgt.grad(Q, ids[a:c], mask[a:c], wt, e - s, mb, create_graph=True)
+            kept, g = (Q, wt, g, size.n), {k: v.detach() for k, v in g.items()}
+        else: g = tgt.grad(Q, ids[a:c], mask[a:c], w[a:c], e - s, mb)
+        g = ranks.sum(g)
         P = {k: v.detach() for k, v in Q.items()}
-        if before_step is not None: before_step(t, P, S, g)
+        if before_step is not None: before_step(t, P, S, g, kept)
         with torch.no_grad(): P, S = opt.step(P, g, S)
     return P
 
@@ -329,8 +348,8 @@ def opt_vjp(opt,               # the optimizer
     return dict(zip(Pl, res[:K])), dict(zip(gl, res[K:2 * K])), dict(zip(Sl, res[2 * K:]))
 
 # %% ../nbs/02_metagrad.ipynb #ea135d2b
-def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None, keep_mb=256):
-    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are kept on the way forward, in memory up to `keep_mb` MB, on disk beyond."
+def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None, keep_mb=256, graph_mb=256):
+    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are kept on the way forward, in memory up to `keep_mb` MB, on disk beyond; the first steps' gradients keep their graphs up to `graph_mb` MB."
     ranks = ranks or _Ranks()
     ones = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device)
     out = torch.zeros(wshape, dtype=tgt.dtype, device=tgt.device)
@@ -338,14 +357,18 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
     folder = tempfile.mkdtemp(prefix="dpg-replay-", dir=ckpt_dir)
     f = lambda t: os.path.join(folder, f"step{t:06d}.pt")
     try:
-        # forward: plain training, saving (φ_t, S_t) [and g_t] before each step
+        # forward: plain training, saving (φ_t, S_t) [and g_t] before each step, and the first gradients with their graphs
         held, room = {}, [keep_mb * 2**20]
-        def save(t, P, S, g):
+        graphs, groom, last = {}, [0 if keep_g else graph_mb * 2**20], [0]   # last: the latest graph's size
+        def save(t, P, S, g, kept):
+            if kept is not None:
+                last[0] = kept[3]
+                if kept[3] <= groom[0]: graphs[t] = kept[:3]; groom[0] -= kept[3]   # else it is dropped, and no more are built
             ck = {"P": P, "S": S, "g": g if keep_g else None}
             size = sum(v.numel() * v.element_size() for _, v in _float_leaves(ck))
             if size <= room[0]: held[t] = ck; room[0] -= size          # the optimizer is pure: nothing rewrites these tensors
             else: torch.save(ck, f(t))
-        P = _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=save, ranks=ranks)
+        P = _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=save, ranks=ranks, graph=lambda t: 0 < groom[0] and last[0] <= groom[0])
         _, Pbar = _metric_grad(metric, tgt, P)
         del P
         Sbar = None
@@ -358,12 +381,12 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
             if t in held: ck = held.pop(t)
             else: ck = torch.load(f(t), map_location=tgt.device, weights_only=True); os.remove(f(t))
             (s, e), (a, c) = steps[t], ranks.share(*steps[t])     # the step's rows; this rank's share
-            P = {k: v.requires_grad_() for k, v in ck["P"].items()}
-            w = ones[a:c].clone().requires_grad_()
-            if keep_g: gd = ck["g"]
-            else:                                       # one double-backward: g_t with its graph, then <ḡ, g_t>
-                g = tgt.grad(P, ids[a:c], mask[a:c], w, e - s, None, create_graph=True)
-                gd = {k: v.detach() for k, v in g.items()}
+            if t in graphs: P, w, g = graphs.pop(t)     # g_t with its graph, kept from the forward sweep
+            else:
+                P = {k: v.requires_grad_() for k, v in ck["P"].items()}
+                w = ones[a:c].clone().requires_grad_()
+                if not keep_g: g = tgt.grad(P, ids[a:c], mask[a:c], w, e - s, None, create_graph=True)   # rebuilt
+            gd = ck["g"] if keep_g else {k: v.detach() for k, v in g.items()}   # one double backward: then <ḡ, g_t>
             pdir, gbar, Sbar = opt_vjp(opt, {k: v.detach() for k, v in P.items()}, gd, ck["S"], Pbar, Sbar)
             hv = {k: torch.zeros_like(v) for k, v in P.items()}
             rw = torch.zeros_like(w)
@@ -398,6 +421,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
             device=None,            # where to compute (default: the model's device)
             ckpt_dir:str=None,      # where replay spills the states φ_t (default: a temporary folder)
             keep_mb:float=256,      # replay: the states of the first steps stay in memory up to this many MB, the rest go to disk
+            graph_mb:float=256,     # replay: the first steps' gradients keep their graphs from the forward sweep up to this many MB (0: each is rebuilt)
             progress:bool=False,    # show a progress bar over the backward steps
             per_token:bool=False,   # also split each reward over the row's loss terms: [n, L], $r_{i,t}$, summing to $r_i$
             loss_scale:float=None,  # None: $\ell_i$ the mean over counted positions; c: c times their sum
@@ -407,6 +431,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
     "Per-example DPG rewards: exact metagradients of the metric after SFT on `input_ids`, w.r.t. the example weights."
     if engine not in ("replay", "unroll"): raise ValueError(f"engine must be 'replay' or 'unroll', got {engine!r}")
     if not keep_mb >= 0: raise ValueError(f"keep_mb must be >= 0, got {keep_mb!r}")
+    if not graph_mb >= 0: raise ValueError(f"graph_mb must be >= 0, got {graph_mb!r}")
     if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
     _check_opt(opt)
     tgt = _Target(model, device, loss_scale)
@@ -419,7 +444,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
         try:
             wshape = ids.shape if per_token else ids.shape[:1]
             if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape)
-            else: r = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks, keep_mb)
+            else: r = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks, keep_mb, graph_mb)
         except RuntimeError as e:
             err = _double_backward_error(e)
             if err is None: raise
