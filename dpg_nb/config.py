@@ -286,7 +286,8 @@ LLAMA_PAPER = dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="meta-ll
 RECIPE_CPU = dict(prompts_per_step=64, grouping="inverse", gen_lr_schedule="cosine", reward_eps_root=1e-3, kl_coef=0.04,
                   credit="token")                     # the best measured DPG recipe at cpu scale (the QR, "67" and miniature pages)
 PATTERN_CPU = dict(RECIPE_CPU, strength=500.0)        # a pattern in the head: wrong pixels pull harder
-QR_CPU = dict(PATTERN_CPU, prompts_per_step=128, inner_batch=32, max_new_tokens=32, steps=1500, val_every=100, ckpt_every=100)
+QR_CPU = dict(PATTERN_CPU, prompts_per_step=128, inner_batch=32, max_new_tokens=32, steps=1500, val_every=100, ckpt_every=100,
+              target_hidden=64)                       # the 21 patch rows: a third of the target's width, not two thirds
 TEXT_CPU = dict(RECIPE_CPU, val_prompts=1024, val_inner_batch=256, val_every=10)   # the miniatures: 4 val inner steps, as in training
 LANGUAGE_CPU = dict(TEXT_CPU, steps=60)
 UUID_CPU = dict(TEXT_CPU, steps=200, max_new_tokens=8)  # rollouts as long as the UUID: the string itself is then the data Φ wants
