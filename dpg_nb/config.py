@@ -181,10 +181,13 @@ register_inner_opt("sgd", _sgd)
 def _dpg_score(run):                                   # r_i = dΦ/dw_i, exact (per token with credit=token)
     from dpg_nb.metagrad import rewards
     kw = dict(loss_scale=run.scale) if run.scale is not None else {}
-    return rewards(run.target, run.x, run.metric, opt=inner_optimizer(run.cfg, rewards=True), batch_size=run.bb, loss_mask=run.m,
-                   per_token=run.cfg.credit == "token", microbatch_size=run.mb, **kw).detach().double().cpu()
+    opt, inner = inner_optimizer(run.cfg, rewards=True), inner_optimizer(run.cfg)
+    r, params = rewards(run.target, run.x, run.metric, opt=opt, batch_size=run.bb, loss_mask=run.m, per_token=run.cfg.credit == "token",
+                        microbatch_size=run.mb, return_trained=True, **kw)
+    if type(opt) is type(inner) and vars(opt) == vars(inner): run.params = params   # the run's own training: Φ is logged from it
+    return r.detach().double().cpu()
 
-def _naive_score(run): return torch.full((len(run.x),), run.phi, dtype=torch.float64)   # Φ of the run's target, for each of its rows
+def _naive_score(run): return torch.full((len(run.x),), run.trained()[1], dtype=torch.float64)   # Φ of the run's target, for each of its rows
 
 def _text_score(run):                                  # a language baseline: each rollout's own text
     if run.texts is None or not hasattr(run.metric, "text_rewards"): raise UserError(f"reward={run.cfg.reward} needs texts and a metric with text_rewards")

@@ -295,7 +295,7 @@ def _check_finite(r, opt):
 
 # %% ../nbs/02_metagrad.ipynb #c6d1721a
 def _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape):
-    "The oracle: one autograd graph through all steps (create_graph), differentiated w.r.t. w at w = 1."
+    "The oracle: one autograd graph through all steps (create_graph), differentiated w.r.t. w at w = 1. Returns (rewards, φ_T)."
     w = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device, requires_grad=True)   # a weight per row, or per token
     P = {k: v.clone().requires_grad_() for k, v in tgt.phi0.items()}
     S = opt.init({k: v.detach() for k, v in P.items()})
@@ -305,7 +305,7 @@ def _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape):
     _metric_grad(metric, tgt, P)                       # validates the metric (scalar, depends on the params)
     phi = metric(tgt.full(P)).reshape(())
     rw, = torch.autograd.grad(phi, w, allow_unused=True)
-    return torch.zeros_like(w) if rw is None else rw.detach()
+    return (torch.zeros_like(w) if rw is None else rw.detach()), {k: v.detach() for k, v in P.items()}
 
 # %% ../nbs/02_metagrad.ipynb #b777530d
 def _float_leaves(tree, path=()):
@@ -348,8 +348,8 @@ def opt_vjp(opt,               # the optimizer
     return dict(zip(Pl, res[:K])), dict(zip(gl, res[K:2 * K])), dict(zip(Sl, res[2 * K:]))
 
 # %% ../nbs/02_metagrad.ipynb #ea135d2b
-def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None, keep_mb=256, graph_mb=256):
-    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are kept on the way forward, in memory up to `keep_mb` MB, on disk beyond; the first steps' gradients keep their graphs up to `graph_mb` MB."
+def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None, keep_mb=256, graph_mb=256, trained=False):
+    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are kept on the way forward, in memory up to `keep_mb` MB, on disk beyond; the first steps' gradients keep their graphs up to `graph_mb` MB. Returns (rewards, φ_T if `trained` else None)."
     ranks = ranks or _Ranks()
     ones = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device)
     out = torch.zeros(wshape, dtype=tgt.dtype, device=tgt.device)
@@ -370,6 +370,7 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
             else: torch.save(ck, f(t))
         P = _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=save, ranks=ranks, graph=lambda t: 0 < groom[0] and last[0] <= groom[0])
         _, Pbar = _metric_grad(metric, tgt, P)
+        PT = P if trained else None                     # φ_T, kept through the backward sweep only when asked for
         del P
         Sbar = None
         order = range(len(steps) - 1, -1, -1)
@@ -393,21 +394,20 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
             for x in range(a, c, mb or max(c - a, 1)):      # microbatches of the share (none if it is empty)
                 y = min(c, x + (mb or c - a))
                 if keep_g: g = tgt.grad(P, ids[x:y], mask[x:y], w[x - a:y - a], e - s, None, create_graph=True)
-                keys = [k for k in tgt.trained if g[k].requires_grad]
-                dot = sum((gbar[k] * g[k]).sum() for k in keys)
-                if t == 0: keys = []                    # φ̄_0 is not needed: only the rewards of the first step
-                res = torch.autograd.grad(dot, [P[k] for k in keys] + [w], allow_unused=True)
+                gk = [k for k in tgt.trained if g[k].requires_grad]
+                keys = [] if t == 0 else gk             # φ̄_0 is not needed: only the rewards of the first step
+                res = torch.autograd.grad([g[k] for k in gk], [P[k] for k in keys] + [w], [gbar[k] for k in gk], allow_unused=True)   # ∂<ḡ, g>/∂(φ, w)
                 for k, h in zip(keys, res[:-1]):
                     if h is not None: hv[k] = hv[k] + h
                 if res[-1] is not None: rw = rw + res[-1]
-                del g, dot, res
+                del g, res
             out[a:c] = rw.detach()
             if t > 0: hv = ranks.sum(hv)                # H_t ḡ_t: the shares' sum
             Pbar = {k: pdir[k] + hv[k] for k in pdir}
             del ck, P, hv, pdir, gbar
         out = ranks.sum({"r": out})["r"]                # every rank gets every row's reward
     finally: shutil.rmtree(folder, ignore_errors=True)
-    return out
+    return out, PT
 
 # %% ../nbs/02_metagrad.ipynb #dd79dc66
 def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logits [b, L, V] (or an output with .logits)
@@ -427,7 +427,8 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
             loss_scale:float=None,  # None: $\ell_i$ the mean over counted positions; c: c times their sum
             last_batch:str="error", # "error": b must divide n; "keep": a last, shorter step of the remaining rows
             group=DEFAULT_GROUP,    # ranks sharing each step's rows (every rank passes the same arguments); None: this process alone. "unroll" runs whole on every rank
-           )->Tensor:               # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$ (or [n, L]), in the model's dtype, on every rank
+            return_trained:bool=False, # also return $\phi_T$, the target trained on the rows (with $w = 1$), as `train` returns it
+           ):                       # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$ (or [n, L]), in the model's dtype, on every rank; with `return_trained`, (rewards, $\phi_T$)
     "Per-example DPG rewards: exact metagradients of the metric after SFT on `input_ids`, w.r.t. the example weights."
     if engine not in ("replay", "unroll"): raise ValueError(f"engine must be 'replay' or 'unroll', got {engine!r}")
     if not keep_mb >= 0: raise ValueError(f"keep_mb must be >= 0, got {keep_mb!r}")
@@ -443,13 +444,14 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
     with _eval_mode(model):
         try:
             wshape = ids.shape if per_token else ids.shape[:1]
-            if engine == "unroll": r = _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape)
-            else: r = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks, keep_mb, graph_mb)
+            if engine == "unroll": r, P = _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape)
+            else: r, P = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks, keep_mb, graph_mb, return_trained)
         except RuntimeError as e:
             err = _double_backward_error(e)
             if err is None: raise
             raise err from e
-    return _check_finite(r, opt).to(dtype=tgt.dtype, device=input_ids.device)
+    r = _check_finite(r, opt).to(dtype=tgt.dtype, device=input_ids.device)
+    return (r, {k: v.detach() for k, v in tgt.full(P).items()}) if return_trained else r
 
 # %% ../nbs/02_metagrad.ipynb #9b8162b1
 def drop_one(model:nn.Module,        # the target, as for `rewards`

@@ -106,12 +106,12 @@ class AdamW:
         t, c1, c2 = self._consts(state)
         (b1, b2), lr, eps, er, wd = self.betas, self.lr, self.eps, self.eps_root, self.weight_decay
         P, M, V = {}, {}, {}
-        for k, p in params.items():
+        for k, p in params.items():                    # in place only on tensors made here: the inputs stay untouched
             g = grads[k]
-            m = b1 * state['m'][k] + (1 - b1) * g
-            v = b2 * state['v'][k] + (1 - b2) * g * g
-            d = torch.sqrt(v / c2 + er) + eps
-            P[k] = p - lr * ((m / c1) / d + wd * p)
+            m = torch.mul(state['m'][k], b1).add_(g, alpha=1 - b1)           # m' = β1 m + (1-β1) g
+            v = torch.mul(state['v'][k], b2).addcmul_(g, g, value=1 - b2)    # v' = β2 v + (1-β2) g²
+            d = torch.div(v, c2).add_(er).sqrt_() + eps                       # d = √(v'/c2 + ε_root) + ε
+            P[k] = torch.mul(p, 1 - lr * wd).addcdiv_(m, d, value=-lr / c1)   # φ' = (1-ηλ) φ - η (m'/c1) / d
             M[k], V[k] = m, v
         return P, {'step': torch.full((), t, dtype=torch.long), 'm': M, 'v': V}
 
@@ -125,17 +125,17 @@ class AdamW:
         t, c1, c2 = self._consts(state)
         (b1, b2), lr, eps, er, wd = self.betas, self.lr, self.eps, self.eps_root, self.weight_decay
         pb, gb, mb, vb = {}, {}, {}, {}
-        for k, a in params_bar.items():
+        for k, a in params_bar.items():                # in place only on tensors made here
             g = grads[k]
-            m = b1 * state['m'][k] + (1 - b1) * g
-            v = b2 * state['v'][k] + (1 - b2) * g * g
-            s = torch.sqrt(v / c2 + er)
+            m = torch.mul(state['m'][k], b1).add_(g, alpha=1 - b1)           # m'
+            s = torch.mul(state['v'][k], b2 / c2).addcmul_(g, g, value=(1 - b2) / c2).add_(er).sqrt_()   # √(v'/c2 + ε_root)
             d = s + eps
-            am = -lr / c1 * a / d
-            av = lr * (m / c1) / (d * d) / (2 * s * c2) * a
-            if state_bar.get('m') is not None: am = am + state_bar['m'][k]
-            if state_bar.get('v') is not None: av = av + state_bar['v'][k]
-            pb[k] = (1 - lr * wd) * a
-            gb[k] = (1 - b1) * am + 2 * (1 - b2) * g * av
-            mb[k], vb[k] = b1 * am, b2 * av
+            q = a / d                                                         # φ̄' / d
+            am = q * (-lr / c1)                                               # -η/(c1 d) φ̄'
+            av = q.mul_(m).div_(d.mul_(s)).mul_(lr / (2 * c1 * c2))            # η m̂/d² · 1/(2√·) · 1/c2 · φ̄'
+            if state_bar.get('m') is not None: am.add_(state_bar['m'][k])     # a_m
+            if state_bar.get('v') is not None: av.add_(state_bar['v'][k])     # a_v
+            pb[k] = a * (1 - lr * wd)
+            gb[k] = torch.mul(am, 1 - b1).addcmul_(g, av, value=2 * (1 - b2))
+            mb[k], vb[k] = am.mul_(b1), av.mul_(b2)
         return pb, gb, {'m': mb, 'v': vb}

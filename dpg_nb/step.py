@@ -15,7 +15,7 @@ from .config import Config, REWARDS, EXPERIMENTS, inner_optimizer
 
 # %% auto #0
 __all__ = ['TAG_PROMPTS', 'TAG_SAMPLE', 'TAG_VAL', 'TAG_SHUFFLE', 'build_target', 'build_models', 'select_trainable', 'sft',
-           'inner_rows', 'fold_padding', 'Prompts', 'gen_lr_at', 'step_rewards', 'response_rewards_to_go',
+           'inner_rows', 'fold_padding', 'Prompts', 'gen_lr_at', 'InnerRun', 'step_rewards', 'response_rewards_to_go',
            'step_advantages']
 
 # %% ../nbs/07c_step.ipynb #059bc330
@@ -214,6 +214,16 @@ def _mean_readable(ds:list)->dict:
     return out
 
 # %% ../nbs/07c_step.ipynb #6e20ba60
+class InnerRun(SimpleNamespace):
+    "One inner run of a step: its rows (`x`, `m`, `scale`, `bb`, `mb`) and settings; its trained target when first asked for."
+    params = phi = None                             # a reward that trains this very target (DPG's forward sweep) leaves it in `params`
+    def trained(self)->tuple:
+        "(φ_T, Φ(φ_T)): the target trained on the run's rows by the inner optimizer, trained once."
+        if self.params is None: self.params = sft(self.target, self.x, inner_optimizer(self.cfg), self.bb, self.m, self.scale, self.mb)
+        if self.phi is None:
+            with torch.no_grad(): self.phi = float(self.metric(self.params))
+        return self.params, self.phi
+
 def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor, texts:list=None,
                  seed:int=0, # shuffles each inner run's rows when `cfg.shuffle`
                  eos_id:int=None, # the target's EOS id (for `inner_loss=official`)
@@ -238,15 +248,14 @@ def step_rewards(cfg:Config, target, metric, ids:torch.Tensor, mask:torch.Tensor
         if cfg.shuffle: use = use[torch.randperm(len(use), generator=torch.Generator().manual_seed(_mix(seed, TAG_SHUFFLE, j)))]
         got[use] = True
         x, m, scale = inner_rows(cfg, ids[use.to(dev)], mask[use.to(dev)], eos_id)
-        params = sft(target, x, inner_optimizer(cfg), bb, m, scale, mb)
-        with torch.no_grad(): phi = float(metric(params))
-        phis.append(phi); reads.append(_readable(metric, params)); last = params
-        run = SimpleNamespace(cfg=cfg, target=target, metric=metric, x=x, m=m, scale=scale, bb=bb, mb=mb, phi=phi, params=params,
-                              texts=None if texts is None else [texts[i] for i in use.tolist()])
+        run = InnerRun(cfg=cfg, target=target, metric=metric, x=x, m=m, scale=scale, bb=bb, mb=mb,
+                       texts=None if texts is None else [texts[i] for i in use.tolist()])
         try: rt = reward.score(run)
         except ValueError as e:                     # the engine refuses non-finite rewards: skip the run's rows, count them
             if isinstance(e, UserError) or "not finite" not in str(e): raise
             rt = torch.full((len(use),), float("inf"), dtype=torch.float64)
+        params, phi = run.trained()                 # Φ of the trained target, logged (trained here unless the reward did)
+        phis.append(phi); reads.append(_readable(metric, params)); last = params
         if rt.dim() == 2:                           # per token (credit=token): folded back onto the rows, summed per row
             tok[use], rt = fold_padding(rt, mask[use.to(dev)].cpu()), rt.sum(1)
         r[use] = rt
