@@ -9,6 +9,7 @@ import numpy as np
 import torch, torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['DEFAULT_GROUP', 'token_losses', 'example_losses', 'train', 'opt_vjp', 'rewards', 'drop_one', 'spearman']
@@ -373,10 +374,7 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
         PT = P if trained else None                     # φ_T, kept through the backward sweep only when asked for
         del P
         Sbar = None
-        order = range(len(steps) - 1, -1, -1)
-        if progress and ranks.rank == 0:
-            from tqdm.auto import tqdm
-            order = tqdm(order, desc="metagradient", total=len(steps))
+        order = tqdm(range(len(steps) - 1, -1, -1), desc="metagradient", disable=not (progress and ranks.rank == 0))
         # backward: t = T-1 .. 0
         for t in order:
             if t in held: ck = held.pop(t)
@@ -474,10 +472,7 @@ def drop_one(model:nn.Module,        # the target, as for `rewards`
         return float(v)
     full = phi(None)                                  # `train` validates the data first
     n = input_ids.shape[0]
-    rows = range(n)
-    if progress:
-        from tqdm.auto import tqdm
-        rows = tqdm(rows, desc="drop one")
+    rows = tqdm(range(n), desc="drop one", disable=not progress)
     return torch.tensor([full - phi((torch.arange(n) != i).double()) for i in rows], dtype=torch.float64)
 
 def _ranks(v:np.ndarray)->np.ndarray:
