@@ -9,10 +9,15 @@ tokens, an inner run of `--inner-steps` steps of `--inner-rows` rows (the paper:
 a GPU), PPO mini-batches of `--minibatch` rollouts. The last lines extrapolate the timings linearly in rows and
 steps to the paper's QR step (98304 rollouts, 96 inner steps, 8 GPUs); an extrapolation, not a measurement.
 
+Then the metagradient against the training run it differentiates, on this device: `rewards` (replay, its defaults
+and every graph rebuilt) against plain SFT with `torch.optim.AdamW` of the same rows, for the step's inner run on the
+GPT-2 target and for the benchmark page's target (width 128, 4 blocks, vocabulary 2048, 8 rows of 64 tokens a step)
+at T = 1, 8 and 64 inner steps, with replay's peak memory.
+
 Generated token ids are taken modulo GPT-2's vocabulary to make the target's rows (the loop maps text through the
 two tokenizers instead); no EOS, so every response is `--new-tokens` long (the longest case).
 
-    python tools/bench_gpu.py                       # on one GPU, about 2 to 5 minutes (written without a GPU: not yet run)
+    python tools/bench_gpu.py                       # on one GPU, about 3 to 6 minutes (written without a GPU: not yet run)
     python tools/bench_gpu.py --tiny --device cpu   # the script itself on tiny shapes, on a CPU (a smoke test)
 """
 import argparse, json, math, os, shutil, statistics, sys, tempfile, time
@@ -49,6 +54,48 @@ def timed(fn, device):
     reset(device); sync(device); t0 = time.perf_counter()
     out = fn(); sync(device)
     return out, time.perf_counter() - t0, peak(device)
+
+def sft_seconds(model, x, m, rows, mb, device)->float:
+    "Plain SFT of rows `x` (`rows` a step, forward passes of `mb`) with `torch.optim.AdamW` on a copy of `model`: seconds."
+    import copy
+    from dpg_nb.metagrad import example_losses
+    mm = copy.deepcopy(model).eval()
+    opt = torch.optim.AdamW(mm.parameters(), lr=5e-6, betas=(0.9, 0.95), eps=1e-8, weight_decay=1e-4)
+    def run():
+        for s in range(0, len(x), rows):
+            opt.zero_grad()
+            for u in range(s, s + rows, mb):
+                (example_losses(mm(x[u:u + mb], use_cache=False).logits, x[u:u + mb], m[u:u + mb]).sum() / rows).backward()
+            opt.step()
+    return timed(run, device)[1]
+
+def replay_ratios(device, tiny:bool, reps:int=3):
+    "The benchmark page's target and data on `device`: replay (defaults; every graph rebuilt) against plain SFT, T = 1, 8, 64."
+    from dpg_nb.metagrad import rewards
+    from dpg_nb.models import tiny_lm
+    from dpg_nb.optim import AdamW
+    V, d, layers, L, b, Ts = (64, 16, 1, 16, 2, (1, 2)) if tiny else (2048, 128, 4, 64, 8, (1, 8, 64))
+    torch.manual_seed(0)
+    m = tiny_lm(vocab_size=V, hidden_size=d, n_layers=layers, n_heads=4, tie=False, max_len=L).to(device)
+    head0 = m.lm_head.weight.detach()[:16, :16].clone()
+    S = torch.sign(torch.randn(16, 16, generator=torch.Generator().manual_seed(2))).to(device)
+    metric = lambda p: -torch.nn.functional.softplus(-20 * S * (p["lm_head.weight"][:16, :16] - head0)).mean()
+    out = {}
+    for T in Ts:
+        ids = torch.randint(0, V, (T * b, L), generator=torch.Generator().manual_seed(1)).to(device)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        runs = dict(sft=lambda: sft_seconds(m, ids, mask, b, b, device),
+                    replay=lambda: timed(lambda: rewards(m, ids, metric, AdamW(1e-3), b), device)[1:],
+                    rebuilt=lambda: timed(lambda: rewards(m, ids, metric, AdamW(1e-3), b, graph_mb=0), device)[1:])
+        ts = {k: [] for k in runs}
+        for rep in range(reps + 1):                 # rep 0: warm-up, not counted
+            for k, f in runs.items(): ts[k].append(f())
+        sec = lambda k: statistics.median(v if k == "sft" else v[0] for v in ts[k][1:])
+        out[T] = dict(sft_s=sec("sft"), replay_x=sec("replay") / sec("sft"), rebuilt_x=sec("rebuilt") / sec("sft"),
+                      replay_peak_gib=max(v[1] for v in ts["replay"][1:]))
+        print(f"  T={T:2d}: sft {out[T]['sft_s']:.3f} s   replay {out[T]['replay_x']:.2f}x   every graph rebuilt {out[T]['rebuilt_x']:.2f}x   "
+              f"replay peak {out[T]['replay_peak_gib']:.2f} GiB", flush=True)
+    return out
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,9 +179,15 @@ def main(argv=None):
     print(f"  sampling {med['sample_s']:.2f} s   rewards {med['rewards_s']:.2f} s   update {med['update_s']:.2f} s   "
           f"total {med['sample_s'] + med['rewards_s'] + med['update_s']:.2f} s")
     print(f"  peak GPU memory: sampling {med['peak_sample_gib']:.2f} GiB, rewards {med['peak_rewards_gib']:.2f} GiB, update {med['peak_update_gib']:.2f} GiB")
+    sft_s = statistics.median(sft_seconds(target, x, m, a.inner_rows, mb, dev) for _ in range(a.steps))
+    ratios = dict(gpt2_inner_run=dict(sft_s=sft_s, replay_x=med["rewards_s"] / sft_s))
+    print(f"\nthe metagradient against plain SFT (torch.optim.AdamW) of the same rows, this device:")
+    print(f"  GPT-2 target, the inner run above: sft {sft_s:.2f} s, rewards {med['rewards_s'] / sft_s:.2f}x", flush=True)
+    print(f"  the benchmark page's target ({'tiny shapes' if a.tiny else 'width 128, 4 blocks, V 2048, 8 rows of 64 tokens'}):", flush=True)
+    ratios["benchmark_target"] = replay_ratios(dev, a.tiny)
     if a.tiny or dev.type != "cuda":
         print("(tiny shapes or no GPU: no extrapolation to the paper's step; peak memory is measured on a GPU only)")
-        print(json.dumps(dict(args=vars(a), microbatch_search=tried, median=med))); print(f"wall {time.perf_counter() - t_start:.0f} s")
+        print(json.dumps(dict(args=vars(a), microbatch_search=tried, median=med, ratios=ratios))); print(f"wall {time.perf_counter() - t_start:.0f} s")
         return
     per_gpu = 98304 // 8
     ext = dict(sample_s=med["sample_s"] * per_gpu / N, rewards_s=med["rewards_s"] * 96 / a.inner_steps * (128 / a.inner_rows),
@@ -142,7 +195,7 @@ def main(argv=None):
     print(f"extrapolated (linear in rows and steps; not measured) to one rank of the paper's QR step on 8 GPUs "
           f"({per_gpu} rollouts, 96 inner steps of 128 rows): sampling {ext['sample_s']:.0f} s, rewards {ext['rewards_s']:.0f} s, "
           f"update {ext['update_s']:.0f} s")
-    print(json.dumps(dict(args=vars(a), microbatch_search=tried, median=med, extrapolated_paper_qr_8gpu=ext)))
+    print(json.dumps(dict(args=vars(a), microbatch_search=tried, median=med, ratios=ratios, extrapolated_paper_qr_8gpu=ext)))
     print(f"wall {time.perf_counter() - t_start:.0f} s")
 
 if __name__ == "__main__":
