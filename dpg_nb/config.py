@@ -75,6 +75,8 @@ class Config:
     shuffle: int = 0            # 1: a step's inner-run rows are shuffled (seeded) before batching, as the authors' code does
     inner_loss: str = "mean"    # mean: ℓ_i = mean NLL over the response (the paper's text); official: the authors' code (see `inner_rows`)
     inner_microbatch: int = 0   # rows per forward pass in inner runs (0: the whole batch); `official` scales the step gradient by inner_batch/inner_microbatch
+    sample_microbatch: int = 0  # rollouts a rank samples at once, whole prompts (0: all its prompts); the KV cache holds this many rows
+    policy_microbatch: int = 0  # rows per forward/backward pass of the policy update (0: a rank's whole share of a minibatch); the same update
     gen_weight_decay: float = 0.0 # the generator AdamW's weight decay (verl's default, which the paper ran: 0.01)
     dual_clip: float = 0.0      # PPO dual-clip c > 1 (verl's default, which the paper ran: 3); 0: off
     max_len: int = 128          # target sequence length (response only)
@@ -257,7 +259,8 @@ SCALE_DEFAULTS = {
     "paper": dict(generator="meta-llama/Llama-3.2-1B-Instruct", target="openai-community/gpt2",
                   prompts_per_step=256, samples_per_prompt=4, inner_batch=1024, max_new_tokens=128,
                   val_prompts=98304, val_inner_batch=1024, minibatch=128, inner_lr=5e-6, gen_lr=5e-6, gen_train="all",
-                  val_every=20, ckpt_every=20, max_len=128, shuffle=1, inner_microbatch=128, gen_weight_decay=0.01, dual_clip=3.0),
+                  val_every=20, ckpt_every=20, max_len=128, shuffle=1, inner_microbatch=128, gen_weight_decay=0.01, dual_clip=3.0,
+                  sample_microbatch=1024, policy_microbatch=8),
 }
 
 def _head(target): return dict(target.named_parameters(remove_duplicate=False))[T.HEAD]
@@ -383,7 +386,7 @@ def validate(cfg:Config)->Config:
     if per_run % cfg.inner_batch:
         raise UserError(f"inner_batch={cfg.inner_batch} does not divide the {per_run} examples of an inner run "
                         f"(reward={cfg.reward}, grouping={cfg.grouping}) into inner steps")
-    for k in ("val_inner_batch", "val_small", "inner_microbatch"):
+    for k in ("val_inner_batch", "val_small", "inner_microbatch", "sample_microbatch", "policy_microbatch"):
         if getattr(cfg, k) < 0: raise UserError(f"{k} must be >= 0 (0: {'none' if k == 'val_small' else 'the default'}), got {getattr(cfg, k)}")
     if cfg.shuffle not in (0, 1): raise UserError(f"shuffle must be 0 or 1, got {cfg.shuffle}")
     if cfg.inner_microbatch and cfg.inner_batch % cfg.inner_microbatch:

@@ -80,18 +80,27 @@ def uniforms(N:int, T:int, generator:torch.Generator=None, device=None)->torch.T
 def sample(model, prompt_ids:torch.Tensor, prompt_mask:torch.Tensor, G:int, max_new_tokens:int, temperature:float=1.0,
            top_p:float=1.0, eos_id=None, pad_id:int=0, generator:torch.Generator=None, tokenizer=None,
            group=DEFAULT_GROUP, # the ranks sharing the prompts (each passes the same arguments); None: this process alone
+           microbatch:int=None, # rollouts a process samples at once, whole prompts (at least one); None: its whole share
           )->Rollouts:
-    "`rollouts.sample`, the prompts shared by the ranks of `group`: each samples its share, all get every row, the rows one process draws."
+    "`rollouts.sample`, the prompts shared by the ranks of `group`, `microbatch` rollouts at a time: each samples its share, all get every row, the rows one process draws."
     from dpg_nb.rollouts import sample as sample1
+    if microbatch is not None and not (isinstance(microbatch, int) and microbatch >= 1):
+        raise ValueError(f"sample: microbatch must be a positive int or None, got {microbatch!r}")
     ranks = _Ranks(group)
     kw = dict(temperature=temperature, top_p=top_p, eos_id=eos_id, pad_id=pad_id, tokenizer=tokenizer)
-    if ranks.size == 1: return sample1(model, prompt_ids, prompt_mask, G, max_new_tokens, generator=generator, **kw)
-    if generator is None and temperature != 0: raise ValueError("sample: ranks need generator= (seeded alike on every rank) to draw the same uniforms")
-    dev = next(model.parameters()).device
     B = prompt_ids.shape[0]
-    U = uniforms(B * G, max_new_tokens, generator, dev)
+    if ranks.size == 1 and (microbatch is None or microbatch >= B * G):
+        return sample1(model, prompt_ids, prompt_mask, G, max_new_tokens, generator=generator, **kw)
+    if ranks.size > 1 and generator is None and temperature != 0:
+        raise ValueError("sample: ranks need generator= (seeded alike on every rank) to draw the same uniforms")
+    dev = next(model.parameters()).device
+    U = uniforms(B * G, max_new_tokens, generator, dev)  # every row's uniforms, whoever samples it
     a, b = ranks.share(0, B)
-    part = sample1(model, prompt_ids[a:b], prompt_mask[a:b], G, max_new_tokens, uniforms=U[a * G:b * G], **kw) if b > a else None
+    per = max(1, (microbatch or (b - a) * G) // G)       # prompts sampled at once: their KV cache is what sampling holds
+    chunks = [sample1(model, prompt_ids[s:min(b, s + per)], prompt_mask[s:min(b, s + per)], G, max_new_tokens,
+                      uniforms=U[s * G:min(b, s + per) * G], **kw) for s in range(a, b, per)]
+    part = concat_rollouts(chunks, G, pad_id) if chunks else None
+    if ranks.size == 1: return part
     parts = [None] * ranks.size
     dist.all_gather_object(parts, None if part is None else part.to("cpu"), group=ranks.group)
     return concat_rollouts(parts, G, pad_id).to(dev)

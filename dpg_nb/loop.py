@@ -171,7 +171,7 @@ class Run:
         g = torch.Generator(device=self.gdev).manual_seed(seed)
         ro = sample(self.gen, ids.to(self.gdev), mask.to(self.gdev), G, c.max_new_tokens,
                     temperature=c.temperature if temperature is None else temperature,
-                    top_p=c.top_p, eos_id=self.eos, pad_id=self.pad, generator=g, tokenizer=self.gtok)
+                    top_p=c.top_p, eos_id=self.eos, pad_id=self.pad, generator=g, tokenizer=self.gtok, microbatch=c.sample_microbatch or None)
         with warnings.catch_warnings():     # empty rows are counted in metrics.jsonl, not warned about
             warnings.simplefilter("ignore")
             x, m = for_target(ro, self.gtok, self.ttok, max_len=c.max_len)
@@ -194,7 +194,7 @@ class Run:
             ok = torch.isfinite(r)                  # a row without a reward takes no part in the update, nor in its token mean
             keep = ok.nonzero()[:, 0]
             st = policy_step(self.gen, self.gen_opt, ro if ok.all() else ro.select(keep), A[keep].to(self.gdev, torch.float32),
-                             minibatch_size=c.minibatch, epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
+                             minibatch_size=c.minibatch, microbatch_size=c.policy_microbatch or None, epochs=c.epochs, clip=c.clip, max_grad_norm=c.max_grad_norm, kl_coef=c.kl_coef,
                              ref_model=self.ref, temperature=c.temperature, dual_clip=c.dual_clip or None)
             self.gen.eval()
         else: st = dict(loss=None, kl=None, clip_frac=None, grad_norm=None)   # nothing to learn from: no update

@@ -1,5 +1,6 @@
 """The loop on two gloo ranks (CPU): `dpg run l2 --nproc 2` gives the one-process rows; a 2-rank run resumed from
-its checkpoint ends as an uninterrupted 2-rank run; rank 1 never touches the run folder.
+its checkpoint ends as an uninterrupted 2-rank run; rank 1 never touches the run folder. And the memory knobs of the
+paper's scale, sampling and the policy update in microbatches, give the one-process rows too.
 
 Three runs of a tiny l2 config: one process (here), two ranks through the command line (torchrun), and two ranks
 started once for the file (`torch.multiprocessing.spawn`) that run 2 steps, then resume to 4, rank 1 under an audit
@@ -134,3 +135,9 @@ def test_only_rank_0_touches_the_folder(root, spawned):
 
 def test_a_refusal_reaches_every_rank(spawned):
     for r in spawned: assert r["refused"] is not None and "already holds a run" in r["refused"], r["refused"]
+
+def test_microbatches_equal_the_whole(root, one):
+    "One process sampling a prompt at a time (`sample_microbatch`) and updating the policy 3 rows a pass (`policy_microbatch`): the plain run's rows, round-off apart."
+    mb = L.run(cfg(sample_microbatch="4", policy_microbatch="3"), root / "runs" / "mb", progress=False)
+    assert [(r["split"], r["step"]) for r in mb] == [(r["split"], r["step"]) for r in one]
+    assert _close(mb, one) == []
