@@ -77,6 +77,7 @@ class Config:
     inner_microbatch: int = 0   # rows per forward pass in inner runs (0: the whole batch); `official` scales the step gradient by inner_batch/inner_microbatch
     sample_microbatch: int = 0  # rollouts a rank samples at once, whole prompts (0: all its prompts); the KV cache holds this many rows
     policy_microbatch: int = 0  # rows per forward/backward pass of the policy update (0: a rank's whole share of a minibatch); the same update
+    inner_segment: int = 0      # the rewards' replay keeps every k-th state of an inner run and trains the rest again, k at a time (0: keeps all T); the same rewards
     gen_weight_decay: float = 0.0 # the generator AdamW's weight decay (verl's default, which the paper ran: 0.01)
     dual_clip: float = 0.0      # PPO dual-clip c > 1 (verl's default, which the paper ran: 3); 0: off
     max_len: int = 128          # target sequence length (response only)
@@ -185,7 +186,7 @@ def _dpg_score(run):                                   # r_i = dΦ/dw_i, exact (
     kw = dict(loss_scale=run.scale) if run.scale is not None else {}
     opt, inner = inner_optimizer(run.cfg, rewards=True), inner_optimizer(run.cfg)
     r, params = rewards(run.target, run.x, run.metric, opt=opt, batch_size=run.bb, loss_mask=run.m, per_token=run.cfg.credit == "token",
-                        microbatch_size=run.mb, return_trained=True, **kw)
+                        microbatch_size=run.mb, segment=run.cfg.inner_segment or None, return_trained=True, **kw)
     if type(opt) is type(inner) and vars(opt) == vars(inner): run.params = params   # the run's own training: Φ is logged from it
     return r.detach().double().cpu()
 
@@ -300,7 +301,7 @@ UUID_CPU = dict(TEXT_CPU, steps=200, max_new_tokens=8)  # rollouts as long as th
 
 # %% ../nbs/07b_config.ipynb #ed0848fc
 register_experiment("qr", _qr_metric, "embed a QR code of `text` in the target's LM head (21x21 patch)",
-                    scales={"cpu": QR_CPU, "paper": dict(prompts_per_step=24576, steps=240)}, keys=("text", "error_correction", "patch_col0", "strength", "fixed_weight"))
+                    scales={"cpu": QR_CPU, "paper": dict(prompts_per_step=24576, steps=240, inner_segment=10)}, keys=("text", "error_correction", "patch_col0", "strength", "fixed_weight"))
 register_experiment("sixseven", _sixseven_metric, 'embed the pattern "67" in the target\'s LM head (6x7 patch)',
                     scales={"cpu": dict(PATTERN_CPU, steps=400, val_every=20, ckpt_every=100), "paper": dict(steps=3840)}, keys=("patch_col0", "strength"))
 register_experiment("l2", _l2_metric, "shrink the Frobenius norm of the target's LM head",
@@ -386,7 +387,7 @@ def validate(cfg:Config)->Config:
     if per_run % cfg.inner_batch:
         raise UserError(f"inner_batch={cfg.inner_batch} does not divide the {per_run} examples of an inner run "
                         f"(reward={cfg.reward}, grouping={cfg.grouping}) into inner steps")
-    for k in ("val_inner_batch", "val_small", "inner_microbatch", "sample_microbatch", "policy_microbatch"):
+    for k in ("val_inner_batch", "val_small", "inner_microbatch", "sample_microbatch", "policy_microbatch", "inner_segment"):
         if getattr(cfg, k) < 0: raise UserError(f"{k} must be >= 0 (0: {'none' if k == 'val_small' else 'the default'}), got {getattr(cfg, k)}")
     if cfg.shuffle not in (0, 1): raise UserError(f"shuffle must be 0 or 1, got {cfg.shuffle}")
     if cfg.inner_microbatch and cfg.inner_batch % cfg.inner_microbatch:

@@ -222,13 +222,13 @@ class _saved_bytes:
         return self
     def __exit__(self, *a): self.hooks.__exit__(*a)
 
-def _sft(tgt, ids, mask, w, opt, steps, mb, before_step=None, ranks=None, graph=None):
-    "`opt` from φ_0 over `steps` of weighted rows, each gradient summed over `ranks`; `before_step(t, φ_t, S_t, g_t, kept)` sees each state before its update. Where `graph(t)` is true, step t's gradient is built with its graph, and `kept` = (φ_t, w_t, g_t, bytes) holds it, the leaves it hangs on and its size (else None). Returns φ_T."
+def _sft(tgt, ids, mask, w, opt, steps, mb, before_step=None, ranks=None, graph=None, start=None, stop=None):
+    "`opt` from φ_0 over `steps` of weighted rows, each gradient summed over `ranks`; `before_step(t, φ_t, S_t, g_t, kept)` sees each state before its update. Where `graph(t)` is true, step t's gradient is built with its graph, and `kept` = (φ_t, w_t, g_t, bytes) holds it, the leaves it hangs on and its size (else None). `start` = (t0, φ_t0, S_t0) begins at step t0, `stop` ends before step `stop`. Returns the last φ."
     ranks = ranks or _Ranks()
-    P = {k: v.clone() for k, v in tgt.phi0.items()}
-    S = opt.init(P)
-    for t, (s, e) in enumerate(steps):
-        a, c = ranks.share(s, e)
+    t0, P, S = start or (0, {k: v.clone() for k, v in tgt.phi0.items()}, None)
+    S = opt.init(P) if S is None else S
+    for t in range(t0, len(steps) if stop is None else stop):
+        (s, e), (a, c) = steps[t], ranks.share(*steps[t])
         Q, kept = {k: v.requires_grad_() for k, v in P.items()}, None
         if graph is not None and graph(t):
             wt = w[a:c].clone().requires_grad_()
@@ -349,36 +349,39 @@ def opt_vjp(opt,               # the optimizer
     return dict(zip(Pl, res[:K])), dict(zip(gl, res[K:2 * K])), dict(zip(Sl, res[2 * K:]))
 
 # %% ../nbs/02_metagrad.ipynb #ea135d2b
-def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None, keep_mb=256, graph_mb=256, trained=False):
-    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are kept on the way forward, in memory up to `keep_mb` MB, on disk beyond; the first steps' gradients keep their graphs up to `graph_mb` MB. Returns (rewards, φ_T if `trained` else None)."
+def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progress=False, ranks=None, keep_mb=256, graph_mb=256, trained=False, segment=None):
+    "Adjoint recurrence, one step at a time, each step's rows shared out over `ranks`; the states φ_t, S_t are kept on the way forward (every `segment`-th only, the others recomputed from it when the backward sweep reaches them), in memory up to `keep_mb` MB, on disk beyond; the first steps' gradients keep their graphs up to `graph_mb` MB. Returns (rewards, φ_T if `trained` else None)."
     ranks = ranks or _Ranks()
-    ones = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device)
-    out = torch.zeros(wshape, dtype=tgt.dtype, device=tgt.device)
+    ones, out = torch.ones(wshape, dtype=tgt.dtype, device=tgt.device), torch.zeros(wshape, dtype=tgt.dtype, device=tgt.device)
     keep_g = mb is not None or ranks.size > 1           # g_t is not the gradient of one double backward's graph: save it
     folder = tempfile.mkdtemp(prefix="dpg-replay-", dir=ckpt_dir)
     f = lambda t: os.path.join(folder, f"step{t:06d}.pt")
     try:
         # forward: plain training, saving (φ_t, S_t) [and g_t] before each step, and the first gradients with their graphs
-        held, room = {}, [keep_mb * 2**20]
+        held, room, every = {}, [keep_mb * 2**20], segment or 1   # the states kept on the way forward: t = 0, every, 2 every, ...
         graphs, groom, last = {}, [0 if keep_g else graph_mb * 2**20], [0]   # last: the latest graph's size
+        def store(t, P, S, g, kept=None):
+            ck = {"P": P, "S": S, "g": g if keep_g else None}
+            size = sum(v.numel() * v.element_size() for _, v in _float_leaves(ck))
+            if size <= room[0]: held[t] = ck, size; room[0] -= size    # the optimizer is pure: nothing rewrites these tensors
+            else: torch.save(ck, f(t))
+        def take(t):
+            if t in held: ck, size = held.pop(t); room[0] += size; return ck
+            ck = torch.load(f(t), map_location=tgt.device, weights_only=True); os.remove(f(t)); return ck
         def save(t, P, S, g, kept):
             if kept is not None:
                 last[0] = kept[3]
                 if kept[3] <= groom[0]: graphs[t] = kept[:3]; groom[0] -= kept[3]   # else it is dropped, and no more are built
-            ck = {"P": P, "S": S, "g": g if keep_g else None}
-            size = sum(v.numel() * v.element_size() for _, v in _float_leaves(ck))
-            if size <= room[0]: held[t] = ck; room[0] -= size          # the optimizer is pure: nothing rewrites these tensors
-            else: torch.save(ck, f(t))
+            if t % every == 0: store(t, P, S, g)
         P = _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=save, ranks=ranks, graph=lambda t: 0 < groom[0] and last[0] <= groom[0])
         _, Pbar = _metric_grad(metric, tgt, P)
-        PT = P if trained else None                     # φ_T, kept through the backward sweep only when asked for
-        del P
-        Sbar = None
-        order = tqdm(range(len(steps) - 1, -1, -1), desc="metagradient", disable=not (progress and ranks.rank == 0))
-        # backward: t = T-1 .. 0
-        for t in order:
-            if t in held: ck = held.pop(t)
-            else: ck = torch.load(f(t), map_location=tgt.device, weights_only=True); os.remove(f(t))
+        PT = P if trained else None; del P              # φ_T, kept through the backward sweep only when asked for
+        Sbar, order = None, tqdm(range(len(steps) - 1, -1, -1), desc="metagradient", disable=not (progress and ranks.rank == 0))
+        for t in order:                                 # backward: t = T-1 .. 0
+            if t % every and t not in held and not os.path.exists(f(t)):   # its segment, trained again from the state kept at its start
+                s0 = t - t % every; c0 = take(s0)
+                _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=store, ranks=ranks, start=(s0, c0["P"], c0["S"]), stop=t + 1)
+            ck = take(t)
             (s, e), (a, c) = steps[t], ranks.share(*steps[t])     # the step's rows; this rank's share
             if t in graphs: P, w, g = graphs.pop(t)     # g_t with its graph, kept from the forward sweep
             else:
@@ -387,8 +390,7 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
                 if not keep_g: g = tgt.grad(P, ids[a:c], mask[a:c], w, e - s, None, create_graph=True)   # rebuilt
             gd = ck["g"] if keep_g else {k: v.detach() for k, v in g.items()}   # one double backward: then <ḡ, g_t>
             pdir, gbar, Sbar = opt_vjp(opt, {k: v.detach() for k, v in P.items()}, gd, ck["S"], Pbar, Sbar)
-            hv = {k: torch.zeros_like(v) for k, v in P.items()}
-            rw = torch.zeros_like(w)
+            hv, rw = {k: torch.zeros_like(v) for k, v in P.items()}, torch.zeros_like(w)
             for x in range(a, c, mb or max(c - a, 1)):      # microbatches of the share (none if it is empty)
                 y = min(c, x + (mb or c - a))
                 if keep_g: g = tgt.grad(P, ids[x:y], mask[x:y], w[x - a:y - a], e - s, None, create_graph=True)
@@ -420,6 +422,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
             ckpt_dir:str=None,      # where replay spills the states φ_t (default: a temporary folder)
             keep_mb:float=256,      # replay: the states of the first steps stay in memory up to this many MB, the rest go to disk
             graph_mb:float=256,     # replay: the first steps' gradients keep their graphs from the forward sweep up to this many MB (0: each is rebuilt)
+            segment:int=None,       # replay: keep only every segment-th state on the way forward, train the others again a segment at a time (T/segment + segment states, one more training run)
             progress:bool=False,    # show a progress bar over the backward steps
             per_token:bool=False,   # also split each reward over the row's loss terms: [n, L], $r_{i,t}$, summing to $r_i$
             loss_scale:float=None,  # None: $\ell_i$ the mean over counted positions; c: c times their sum
@@ -429,8 +432,8 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
            ):                       # [n] rewards $r_i = \partial\Phi(\phi_T(w))/\partial w_i$ at $w = 1$ (or [n, L]), in the model's dtype, on every rank; with `return_trained`, (rewards, $\phi_T$)
     "Per-example DPG rewards: exact metagradients of the metric after SFT on `input_ids`, w.r.t. the example weights."
     if engine not in ("replay", "unroll"): raise ValueError(f"engine must be 'replay' or 'unroll', got {engine!r}")
-    if not keep_mb >= 0: raise ValueError(f"keep_mb must be >= 0, got {keep_mb!r}")
-    if not graph_mb >= 0: raise ValueError(f"graph_mb must be >= 0, got {graph_mb!r}")
+    if not (keep_mb >= 0 and graph_mb >= 0): raise ValueError(f"keep_mb and graph_mb must be >= 0, got {keep_mb!r} and {graph_mb!r}")
+    if segment is not None and not (isinstance(segment, int) and segment >= 1): raise ValueError(f"segment must be a positive int or None, got {segment!r}")
     if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
     _check_opt(opt)
     tgt = _Target(model, device, loss_scale)
@@ -443,7 +446,7 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
         try:
             wshape = ids.shape if per_token else ids.shape[:1]
             if engine == "unroll": r, P = _unroll(tgt, ids, mask, metric, opt, steps, mb, wshape)
-            else: r, P = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks, keep_mb, graph_mb, return_trained)
+            else: r, P = _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir, progress, ranks, keep_mb, graph_mb, return_trained, segment)
         except RuntimeError as e:
             err = _double_backward_error(e)
             if err is None: raise

@@ -41,6 +41,7 @@ CASES = {   # name: (tied head, optimizer, n rows, b rows a step, keyword argume
     "keep_last": (False, _adamw, 7, 3, dict(last_batch="keep")),      # steps of 3, 3, 1 rows
     "loss_scale": (True, _adamw, 8, 4, dict(loss_scale=2 / 6)),
     "all_options": (True, _adamw, 7, 3, dict(last_batch="keep", microbatch_size=1, per_token=True, loss_scale=0.5)),
+    "segment": (False, _adamw, 21, 3, dict(segment=3, keep_mb=0, microbatch_size=1)),   # 7 steps: states 0, 3, 6 kept, the rest trained again
     "unroll": (False, _adamw, 9, 3, dict(engine="unroll")),           # the oracle runs whole on every rank
 }
 

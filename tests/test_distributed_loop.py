@@ -1,6 +1,7 @@
 """The loop on two gloo ranks (CPU): `dpg run l2 --nproc 2` gives the one-process rows; a 2-rank run resumed from
 its checkpoint ends as an uninterrupted 2-rank run; rank 1 never touches the run folder. And the memory knobs of the
-paper's scale, sampling and the policy update in microbatches, give the one-process rows too.
+paper's scale, sampling and the policy update in microbatches and the rewards' replay a segment at a time, give the
+one-process rows too.
 
 Three runs of a tiny l2 config: one process (here), two ranks through the command line (torchrun), and two ranks
 started once for the file (`torch.multiprocessing.spawn`) that run 2 steps, then resume to 4, rank 1 under an audit
@@ -141,3 +142,16 @@ def test_microbatches_equal_the_whole(root, one):
     mb = L.run(cfg(sample_microbatch="4", policy_microbatch="3"), root / "runs" / "mb", progress=False)
     assert [(r["split"], r["step"]) for r in mb] == [(r["split"], r["step"]) for r in one]
     assert _close(mb, one) == []
+
+def test_segments_equal_the_whole(root, one):
+    "The rewards' replay keeping one state of each 2-step inner run and training the other again (`inner_segment`): the plain run's rows, bit for bit."
+    import dpg_nb.metagrad as M
+    again, sft = [], M._sft
+    def spy(*a, start=None, **k):                                      # the segments trained again
+        if start is not None: again.append(start[0])
+        return sft(*a, start=start, **k)
+    M._sft = spy
+    try: seg = L.run(cfg(inner_segment="2"), root / "runs" / "seg", progress=False)
+    finally: M._sft = sft
+    assert again and set(again) == {0}
+    assert L.strip_timing(seg) == L.strip_timing(one)

@@ -76,3 +76,16 @@ def test_microbatches_equal_one_batch(opt_name, mb):
         one = rewards(_lm(tie), ids[:n], _phi, opt, 4, loss_mask=mask[:n], **kw)
         assert torch.isfinite(one).all() and one.abs().max() > 0
         assert _rel(rewards(_lm(tie), ids[:n], _phi, opt, 4, loss_mask=mask[:n], microbatch_size=mb, **kw), one) <= 1e-10
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+@pytest.mark.parametrize("segment", [2, 3, 5])
+def test_segments_change_no_bit(opt_name, segment):
+    "States trained again a segment at a time are the same tensors: the rewards equal replay's with every state kept, bit for bit."
+    opt = SGD(0.5, weight_decay=0.1) if opt_name == "sgd" else AdamW(1e-2, weight_decay=0.1)
+    ids, mask = _data(14, seed=segment)
+    for tie, kw in ((True, {}), (False, dict(keep_mb=0, graph_mb=0, microbatch_size=1)), (True, dict(last_batch="keep", per_token=True))):
+        b = 3 if "last_batch" in kw else 2                      # 7 steps, or 5 with a last step of 2 rows
+        every = rewards(_lm(tie), ids, _phi, opt, b, loss_mask=mask, **kw)
+        assert torch.isfinite(every).all() and every.abs().max() > 0
+        assert torch.equal(rewards(_lm(tie), ids, _phi, opt, b, loss_mask=mask, segment=segment, **kw), every)
+    assert _rel(every, rewards(_lm(True), ids, _phi, opt, 3, loss_mask=mask, engine="unroll", last_batch="keep", per_token=True)) <= 1e-10
