@@ -433,15 +433,15 @@ def rewards(model:nn.Module,        # the target: maps input_ids [b, L] to logit
     "Per-example DPG rewards: exact metagradients of the metric after SFT on `input_ids`, w.r.t. the example weights."
     if engine not in ("replay", "unroll"): raise ValueError(f"engine must be 'replay' or 'unroll', got {engine!r}")
     if not (keep_mb >= 0 and graph_mb >= 0): raise ValueError(f"keep_mb and graph_mb must be >= 0, got {keep_mb!r} and {graph_mb!r}")
-    if segment is not None and not (isinstance(segment, int) and segment >= 1): raise ValueError(f"segment must be a positive int or None, got {segment!r}")
+    if segment is not None and not (isinstance(segment, int) and segment >= 1 and engine == "replay"):
+        raise ValueError(f"segment must be None or a positive int, for engine='replay'; got segment={segment!r}, engine={engine!r}")
     if not callable(metric): raise TypeError(f"metric must be callable: metric(params) -> scalar Tensor; got {type(metric).__name__}")
     _check_opt(opt)
     tgt = _Target(model, device, loss_scale)
     ids, mask, steps = _check_data(input_ids, loss_mask, batch_size, microbatch_size, _vocab(model), last_batch)
     ids, mask = ids.to(tgt.device), mask.to(tgt.device)
-    mb = microbatch_size if microbatch_size is not None and microbatch_size < batch_size else None
-    ranks = _Ranks(group)
-    ranks.same(tgt.device, *ids.shape, batch_size, mb or 0, len(steps), int(ids.sum()), int(mask.sum()), per_token, engine == "unroll")
+    mb, ranks = (microbatch_size if microbatch_size is not None and microbatch_size < batch_size else None), _Ranks(group)
+    ranks.same(tgt.device, *ids.shape, batch_size, mb or 0, len(steps), int(ids.sum()), int(mask.sum()), per_token, engine == "unroll", segment or 0)
     with _eval_mode(model):
         try:
             wshape = ids.shape if per_token else ids.shape[:1]

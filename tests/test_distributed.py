@@ -69,6 +69,8 @@ def _worker(rank, init, out):
         res.update({name: _train(name) for name in TRAIN})
         try: _rewards("adamw_tied", microbatch_size=rank + 1)           # ranks that disagree are refused
         except ValueError as e: res["mismatch"] = str(e)
+        try: _rewards("adamw_tied", segment=rank + 1)                  # one would train segments again, the other wait for it
+        except ValueError as e: res["segment mismatch"] = str(e)
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally: dist.destroy_process_group()
 
@@ -113,4 +115,4 @@ def test_train_on_two_ranks_equals_one_process(ranks, name):
     print(f"{name}: rel {max(_rel(ranks[0][name][k], v) for k, v in one.items()):.1e}")
 
 def test_ranks_with_different_arguments_are_refused(ranks):
-    for r in ranks: assert "different data or arguments" in r["mismatch"]
+    for r in ranks: assert "different data or arguments" in r["mismatch"] and "different data or arguments" in r["segment mismatch"]
