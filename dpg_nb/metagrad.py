@@ -378,7 +378,7 @@ def _replay(tgt, ids, mask, metric, opt, steps, mb, wshape, ckpt_dir=None, progr
         PT = P if trained else None; del P              # φ_T, kept through the backward sweep only when asked for
         Sbar, order = None, tqdm(range(len(steps) - 1, -1, -1), desc="metagradient", disable=not (progress and ranks.rank == 0))
         for t in order:                                 # backward: t = T-1 .. 0
-            if t % every and t not in held and not os.path.exists(f(t)):   # its segment, trained again from the state kept at its start
+            if t % every and ((t + 1) % every == 0 or t + 1 == len(steps)):   # the last step of a segment: trained again from its first state
                 s0 = t - t % every; c0 = take(s0)
                 _sft(tgt, ids, mask, ones, opt, steps, mb, before_step=store, ranks=ranks, start=(s0, c0["P"], c0["S"]), stop=t + 1)
             ck = take(t)
